@@ -1,0 +1,5 @@
+import sys
+
+from torchspine.cli import main
+
+sys.exit(main())

@@ -1,0 +1,49 @@
+"""The ``torchspine`` command line: ``torchspine <command> [options]``.
+
+Each command lives in ``torchspine.commands.<name>`` with ``add_arguments(parser)`` and
+``run(args) -> int``; this file only dispatches. Arguments become typed config objects in
+the command modules; library code never reads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# (name, module, one-line help). Modules are imported only when their command runs.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("demo", "torchspine.commands.demo", "run the built-in end-to-end demo"),
+    ("profile", "torchspine.commands.profile", "parameters and multiply-adds beside the published figures"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="torchspine", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module, help_text in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"torchspine {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

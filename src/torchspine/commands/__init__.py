@@ -1,0 +1,1 @@
+"""CLI command modules: each has ``add_arguments(parser)`` and ``run(args) -> int``."""

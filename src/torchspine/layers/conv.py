@@ -1,0 +1,148 @@
+"""Conv + BN + activation, with both official padding conventions.
+
+* ``"symmetric"`` (tensorflow/tpu ``fixed_padding``): a k x k conv pads ``(k-1)//2`` before
+  and ``k-1-(k-1)//2`` after, which is PyTorch's ``padding=k//2`` for odd k, at any stride.
+* ``"same"`` (Keras / TF ``padding='SAME'``): total pad ``max((ceil(H/s)-1)*s + k - H, 0)``,
+  the smaller half before. For stride 1 and odd k this is symmetric too; for stride 2 it
+  depends on the input size (for even H a 3x3/2 conv pads (0, 1); the 7x7/2 stem (2, 3)).
+
+Max pools are TF 'SAME' in both codebases (padding with -inf), see :class:`MaxPool2dSame`.
+Hand-written because PyTorch's ``padding="same"`` is stride-1 only and its pools pad
+symmetrically.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchspine.specs.spec import NormSpec
+
+__all__ = [
+    "ConvNormAct",
+    "Conv2dSame",
+    "MaxPool2dSame",
+    "create_act",
+    "create_conv",
+    "create_norm",
+    "init_conv_",
+    "same_pad_amounts",
+]
+
+
+def create_act(name: str, inplace: bool = True) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU(inplace=inplace)
+    if name == "swish":
+        return nn.SiLU(inplace=inplace)
+    if name == "hard_swish":
+        return nn.Hardswish(inplace=inplace)
+    if name == "identity":
+        return nn.Identity()
+    raise ValueError(f"unknown activation {name!r}; expected relu, swish, hard_swish")
+
+
+def create_norm(channels: int, norm: NormSpec) -> nn.BatchNorm2d:
+    """BatchNorm2d with TF-convention settings (PyTorch momentum = 1 - TF momentum)."""
+    return nn.BatchNorm2d(channels, eps=norm.epsilon, momentum=1.0 - norm.momentum)
+
+
+def same_pad_amounts(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TF 'SAME' padding (before, after) for one spatial dimension."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2dSame(nn.Conv2d):
+    """``nn.Conv2d`` with TF 'SAME' padding computed from the input size at run time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ph = same_pad_amounts(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
+        pw = same_pad_amounts(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
+        if ph[0] == ph[1] and pw[0] == pw[1]:
+            return F.conv2d(x, self.weight, self.bias, self.stride, (ph[0], pw[0]), self.dilation, self.groups)
+        x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MaxPool2dSame(nn.Module):
+    """Max pool with TF 'SAME' padding (pads with -inf, so padding never wins)."""
+
+    def __init__(self, kernel_size: int, stride: int) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ph = same_pad_amounts(x.shape[-2], self.kernel_size, self.stride)
+        pw = same_pad_amounts(x.shape[-1], self.kernel_size, self.stride)
+        if ph[0] == ph[1] and pw[0] == pw[1] and 2 * ph[0] <= self.kernel_size and 2 * pw[0] <= self.kernel_size:
+            return F.max_pool2d(x, self.kernel_size, self.stride, (ph[0], pw[0]))
+        x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]), value=float("-inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding=SAME"
+
+
+def create_conv(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    groups: int = 1,
+    bias: bool = False,
+    padding: str = "symmetric",
+) -> nn.Conv2d:
+    """A conv with the padding convention of the official codebase named by ``padding``."""
+    if padding == "same" and stride > 1:
+        return Conv2dSame(in_channels, out_channels, kernel_size, stride=stride, padding=0, groups=groups, bias=bias)
+    if padding not in ("same", "symmetric"):
+        raise ValueError(f"unknown padding {padding!r}; expected 'symmetric' or 'same'")
+    # Stride 1 (both) or symmetric fixed padding: (k-1)//2 on both sides for odd k.
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=(kernel_size - 1) // 2,
+                     groups=groups, bias=bias)
+
+
+def init_conv_(conv: nn.Conv2d) -> None:
+    """The official kernel init: variance scaling (scale 1, fan_in, truncated normal).
+
+    TF's truncated normal is cut at two standard deviations and rescaled by 0.87962566 so
+    that the truncated distribution has the requested variance 1 / fan_in.
+    """
+    fan_in = conv.weight.shape[1] * conv.weight.shape[2] * conv.weight.shape[3]
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    nn.init.trunc_normal_(conv.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+class ConvNormAct(nn.Sequential):
+    """conv (no bias) -> BN -> activation (``act=None`` for no activation)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        *,
+        stride: int = 1,
+        groups: int = 1,
+        norm: NormSpec,
+        act: str | None = "relu",
+        padding: str = "symmetric",
+    ) -> None:
+        layers: dict[str, nn.Module] = {
+            "conv": create_conv(in_channels, out_channels, kernel_size, stride=stride, groups=groups, padding=padding),
+            "bn": create_norm(out_channels, norm),
+        }
+        if act is not None:
+            layers["act"] = create_act(act)
+        super().__init__(*[])
+        for name, mod in layers.items():
+            self.add_module(name, mod)

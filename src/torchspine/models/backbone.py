@@ -1,0 +1,234 @@
+"""The SpineNet backbone, built only from a :class:`~torchspine.specs.SpineNetSpec`.
+
+Follows paper section 3 and the official graph builder (reference sections 3-7):
+stem -> scale-permuted blocks (each: resample two parents, add zero-out-degree extras for
+output blocks, ``act(sum)``, a group of ``block_repeats`` blocks) -> endpoints (1x1 conv,
+BN, act) for levels ``min_level..max_level``.
+
+The forward pass returns ``{"p3": ..., "p7": ...}``. Any input size works: the level-``l``
+map has size ``ceil(H / 2**l) x ceil(W / 2**l)``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from torchspine.layers.blocks import BLOCK_REGISTRY
+from torchspine.layers.conv import ConvNormAct, MaxPool2dSame, create_act, init_conv_
+from torchspine.layers.resample import ResampleWithAlpha, level_size
+from torchspine.specs.spec import SpineNetSpec
+
+__all__ = ["FeatureInfo", "SpineNet", "STEM_BUILDERS", "RESAMPLE_BUILDERS", "register_stem", "register_resample"]
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """Static description of one entry of the running ``feats`` list."""
+
+    level: int
+    channels: int
+    block_type: str
+
+
+def _block_group(spec: SpineNetSpec, block_type: str, in_channels: int, filters: int, *,
+                 stride: int, drop_path_rate: float) -> nn.Sequential:
+    """``block_repeats`` blocks in sequence; the first may stride/project, all share the rate."""
+    family = BLOCK_REGISTRY[block_type]
+    options = dict(spec.block_options)
+    blocks = []
+    for r in range(spec.scaling.block_repeats):
+        block = family.build(
+            in_channels if r == 0 else family.out_channels(filters),
+            filters,
+            stride=stride if r == 0 else 1,
+            norm=spec.norm,
+            act=spec.activation,
+            padding=spec.padding,
+            drop_path_rate=drop_path_rate,
+            options=options,
+        )
+        blocks.append(block)
+    return nn.Sequential(*blocks)
+
+
+class ResNetStem(nn.Module):
+    """7x7/2 conv (fixed filters) -> BN -> act -> 3x3/2 'SAME' max pool -> stem block groups."""
+
+    def __init__(self, spec: SpineNetSpec) -> None:
+        super().__init__()
+        st = spec.stem
+        self.conv = ConvNormAct(3, st.conv_filters, 7, stride=2, norm=spec.norm, act=spec.activation,
+                                padding=spec.padding)
+        self.pool = MaxPool2dSame(3, 2)
+        family = BLOCK_REGISTRY[st.block_type]
+        self.groups = nn.ModuleList()
+        infos = []
+        channels, level = st.conv_filters, 2
+        for lvl in st.block_levels:
+            filters = spec.filters(lvl)
+            self.groups.append(_block_group(spec, st.block_type, channels, filters,
+                                            stride=2 ** (lvl - level), drop_path_rate=0.0))
+            channels, level = family.out_channels(filters), lvl
+            infos.append(FeatureInfo(lvl, channels, st.block_type))
+        self.feature_infos = tuple(infos)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.pool(self.conv(x))
+        feats = []
+        for group in self.groups:
+            x = group(x)
+            feats.append(x)
+        return feats
+
+
+# Stem and resampling builders by spec field, so model families plug in without a second
+# backbone class. A stem is an nn.Module returning a list of maps, with ``feature_infos``.
+STEM_BUILDERS: dict[str, Callable[[SpineNetSpec], nn.Module]] = {"resnet": ResNetStem}
+RESAMPLE_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_stem(kind: str, builder: Callable[[SpineNetSpec], nn.Module]) -> None:
+    STEM_BUILDERS[kind] = builder
+
+
+def register_resample(kind: str, builder: Callable[..., nn.Module]) -> None:
+    RESAMPLE_BUILDERS[kind] = builder
+
+
+def _alpha_resample(spec: SpineNetSpec, parent: FeatureInfo, target_level: int, target_channels: int) -> nn.Module:
+    return ResampleWithAlpha(
+        parent.channels, parent.level, target_level, target_channels,
+        alpha=spec.scaling.resample_alpha,
+        reduce_divisor=BLOCK_REGISTRY[parent.block_type].resample_reduce_divisor,
+        norm=spec.norm, act=spec.activation, padding=spec.padding,
+    )
+
+
+register_resample("alpha", _alpha_resample)
+
+
+class ScalePermutedBlock(nn.Module):
+    """One row of the spec: resample the parents, merge, and run the block group."""
+
+    def __init__(self, spec: SpineNetSpec, index: int, feats: list[FeatureInfo], outdegree: list[int]) -> None:
+        super().__init__()
+        b = spec.blocks[index]
+        family = BLOCK_REGISTRY[b.block_type]
+        filters = spec.filters(b.level)
+        target_channels = family.out_channels(filters)  # the resample projects to the block's width
+        self.level = b.level
+        self.parents = tuple(b.input_offsets)
+        build = RESAMPLE_BUILDERS[spec.resample]
+        self.resample = nn.ModuleList(build(spec, feats[p], b.level, target_channels) for p in self.parents)
+        for p in self.parents:
+            outdegree[p] += 1
+        # Zero out-degree rule (official): an output block also sums, unresampled, every
+        # earlier feature of the same level and width that nothing has consumed yet.
+        extras = []
+        if b.is_output and spec.zero_outdegree_connections:
+            for j, info in enumerate(feats):
+                if outdegree[j] == 0 and info.level == b.level and info.channels == target_channels:
+                    extras.append(j)
+                    outdegree[j] += 1
+        self.extras = tuple(extras)
+        self.merge_act = create_act(spec.activation)
+        self.group = _block_group(spec, b.block_type, target_channels, filters, stride=1,
+                                  drop_path_rate=spec.drop_path_rate(index))
+        self.info = FeatureInfo(b.level, family.out_channels(filters), b.block_type)
+
+    def forward(self, feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        x = self.resample[0](feats[self.parents[0]], size) + self.resample[1](feats[self.parents[1]], size)
+        for j in self.extras:
+            x = x + feats[j]
+        return self.group(self.merge_act(x))
+
+
+class SpineNet(nn.Module):
+    """A SpineNet backbone built from ``spec``.
+
+    Attributes:
+        spec: the validated spec.
+        out_channels: channels per output key (``{"p3": 256, ...}``).
+        strides: stride per output key (``{"p3": 8, ...}``).
+        feature_info: timm-style list of ``{"module", "num_chs", "reduction", "level"}``.
+        size_divisibility: 1 (any input size works).
+    """
+
+    size_divisibility = 1
+
+    def __init__(self, spec: SpineNetSpec) -> None:
+        super().__init__()
+        self.spec = spec.validate()
+        if spec.stem.kind not in STEM_BUILDERS:
+            raise ValueError(f"spec {spec.name}: no stem builder for kind {spec.stem.kind!r}; "
+                             f"known: {sorted(STEM_BUILDERS)}")
+        if spec.resample not in RESAMPLE_BUILDERS:
+            raise ValueError(f"spec {spec.name}: no resample builder {spec.resample!r}; "
+                             f"known: {sorted(RESAMPLE_BUILDERS)}")
+        for t in {b.block_type for b in spec.blocks} | {spec.stem.block_type}:
+            if t not in BLOCK_REGISTRY:
+                raise ValueError(f"spec {spec.name}: block type {t!r} has no implementation; "
+                                 f"known: {sorted(BLOCK_REGISTRY)}")
+        self.stem = STEM_BUILDERS[spec.stem.kind](spec)
+        feats: list[FeatureInfo] = list(self.stem.feature_infos)
+        outdegree = [0] * (len(feats) + len(spec.blocks))
+        self.blocks = nn.ModuleList()
+        output_index: dict[int, int] = {}
+        for i, b in enumerate(spec.blocks):
+            block = ScalePermutedBlock(spec, i, feats, outdegree)
+            self.blocks.append(block)
+            feats.append(block.info)
+            if b.is_output:
+                output_index[b.level] = len(feats) - 1
+        self.feature_infos = tuple(feats)
+        levels = range(spec.min_level, spec.max_level + 1)
+        self._output_index = tuple(output_index[lvl] for lvl in levels)
+        self._levels = tuple(levels)
+        self.endpoints = nn.ModuleDict({
+            f"p{lvl}": ConvNormAct(feats[output_index[lvl]].channels, spec.scaling.endpoints_num_filters, 1,
+                                   norm=spec.norm, act=spec.activation, padding=spec.padding)
+            for lvl in levels
+        })
+        self.out_channels = {f"p{lvl}": spec.scaling.endpoints_num_filters for lvl in levels}
+        self.strides = {f"p{lvl}": 2**lvl for lvl in levels}
+        self.feature_info = [
+            {"module": f"endpoints.p{lvl}", "num_chs": spec.scaling.endpoints_num_filters,
+             "reduction": 2**lvl, "level": lvl}
+            for lvl in levels
+        ]
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Official init: variance-scaling convs, BN gamma 1 and beta 0."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                init_conv_(m)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def output_shape(self) -> dict[str, tuple[int, int]]:
+        """detectron2-style ``{name: (channels, stride)}``."""
+        return {k: (self.out_channels[k], self.strides[k]) for k in self.out_channels}
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """All block outputs, stem first (the running ``feats`` list)."""
+        if x.dim() != 4:
+            raise ValueError(f"SpineNet expects a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+        height, width = x.shape[-2], x.shape[-1]
+        feats = self.stem(x)
+        for block in self.blocks:
+            feats.append(block(feats, level_size(height, width, block.level)))
+        return feats
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        feats = self.forward_features(x)
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        for lvl, idx in zip(self._levels, self._output_index):
+            out[f"p{lvl}"] = self.endpoints[f"p{lvl}"](feats[idx])
+        return out

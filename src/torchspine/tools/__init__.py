@@ -1,0 +1,1 @@
+"""Tools: profiling (params, multiply-adds), and later export, conversion, drawing."""

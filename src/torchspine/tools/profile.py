@@ -1,0 +1,137 @@
+"""Parameter and multiply-add counts, as the official profiler counts them.
+
+* Parameters: trainable parameters (BN gamma and beta count, running statistics do not),
+  the same as the sum of TF trainable variables (reference section 9).
+* Multiply-adds: convolutions and linear layers, counted by forward hooks on a ``meta``
+  device forward pass, so even SpineNet-190 at 1280 px is counted without allocating
+  weights or activations. The official ``tf.profiler`` total also counts BN, activations and
+  additions (e.g. 28.5B vs 28.26B for SpineNet-49 at 640); :func:`count_macs` can add those
+  elementwise ops too (``elementwise=True``) for a like-for-like comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["ModelProfile", "count_macs", "count_params", "profile_model", "PUBLISHED"]
+
+
+def count_params(module: nn.Module, *, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_macs(
+    model: nn.Module,
+    inputs: torch.Tensor | tuple,
+    *,
+    elementwise: bool = False,
+    forward: Callable[..., object] | None = None,
+) -> int:
+    """Multiply-adds of one forward pass per image (batch size is divided out).
+
+    Convolutions: ``out_elems * in_channels/groups * kh * kw``; linear: ``out_elems * in_features``.
+    With ``elementwise=True``, BN and activation modules add one operation per output element
+    (a rough stand-in for what ``tf.profiler`` adds on top of the convolutions).
+    """
+    total = [0]
+    batch = inputs.shape[0] if isinstance(inputs, torch.Tensor) else 1
+
+    def conv_hook(mod: nn.Conv2d, inp, out) -> None:
+        kh, kw = mod.kernel_size
+        total[0] += out.numel() * (mod.in_channels // mod.groups) * kh * kw
+
+    def linear_hook(mod: nn.Linear, inp, out) -> None:
+        total[0] += out.numel() * mod.in_features
+
+    def elem_hook(mod: nn.Module, inp, out) -> None:
+        total[0] += out.numel()
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+        elif elementwise and isinstance(m, (nn.BatchNorm2d, nn.ReLU, nn.SiLU, nn.Hardswish)):
+            handles.append(m.register_forward_hook(elem_hook))
+    try:
+        with torch.no_grad():
+            if forward is not None:
+                forward(inputs)
+            elif isinstance(inputs, tuple):
+                model(*inputs)
+            else:
+                model(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] // batch
+
+
+@dataclass(frozen=True)
+class Published:
+    """Published figures for one model (params exact, multiply-adds in billions)."""
+
+    params: int | None = None  # official trainable parameters, exact
+    macs_conv: float | None = None  # conv-only multiply-adds (reference section 9, computed from TPU code)
+    macs_official: float | None = None  # official tf.profiler figure (BN, act, adds included)
+    paper_params: float | None = None  # the paper copy's figure, millions
+    paper_macs: float | None = None  # the paper copy's figure, billions
+    size: int = 640
+    source: str = ""
+
+
+# Backbone + endpoints (reference section 9 table and issue #2). Paper-copy figures for
+# backbones alone are not published; the detector tables live with the detectors.
+PUBLISHED: dict[str, Published] = {
+    "spinenet49s": Published(9_089_215, 12.33, 12.5, size=640, source="TPU code, reference §9"),
+    "spinenet49": Published(21_831_488, 28.26, 28.5, size=640, source="TPU code, reference §9"),
+    "spinenet96": Published(36_262_976, 119.05, 120.0, size=1024, source="TPU code, reference §9"),
+    "spinenet143": Published(60_247_616, 295.26, 297.2, size=1280, source="TPU code, reference §9"),
+    "spinenet143l": Published(100_796_257, None, None, size=1280, source="TPU code, reference §9"),
+    "spinenet190": Published(126_587_664, 620.98, 624.1, size=1280, source="TPU code, reference §9"),
+}
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    name: str
+    size: tuple[int, int]
+    params: int
+    macs: int
+    backbone_params: int | None = None
+    backbone_macs: int | None = None
+
+
+def _backbone_part(model: nn.Module) -> nn.Module | None:
+    """The backbone without endpoints, if ``model`` is a SpineNet backbone."""
+    from torchspine.models.backbone import SpineNet
+
+    return model if isinstance(model, SpineNet) else None
+
+
+def profile_model(model: nn.Module, name: str, size: int | tuple[int, int] = 640) -> ModelProfile:
+    """Count a model's parameters and multiply-adds at ``size`` on the meta device.
+
+    ``model`` may live on any device; it is counted through a meta copy so nothing is allocated.
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    meta = model.to("meta") if next(model.parameters()).device.type == "meta" else None
+    if meta is None:
+        import copy
+
+        meta = copy.deepcopy(model).to("meta")
+    meta.eval()
+    x = torch.empty(1, 3, h, w, device="meta")
+    params = count_params(meta)
+    macs = count_macs(meta, x)
+    bb = _backbone_part(meta)
+    bb_params = bb_macs = None
+    if bb is not None:
+        bb_params = params - count_params(bb.endpoints)
+        bb_macs = count_macs(bb, x, forward=lambda t: bb.forward_features(t))
+    return ModelProfile(name, (h, w), params, macs, bb_params, bb_macs)
