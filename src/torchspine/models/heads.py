@@ -1,0 +1,170 @@
+"""The RetinaNet head of the official SpineNet detectors, and its losses.
+
+Reference section 8 (tensorflow/tpu ``heads.RetinanetHead``, Model Garden ``RetinaNetHead``):
+
+* separate class and box towers of ``num_convs`` 3x3 convs (with bias) whose weights are
+  **shared across levels**, each followed by a **per-level** BatchNorm and the activation;
+* tower convs N(0, 0.01) with zero bias; predictors N(0, 1e-5); class bias
+  ``-log((1 - 0.01) / 0.01)`` so every initial class probability is 0.01;
+* outputs laid out anchor-major, class-minor per location (``[H, W, A * C] -> [-1, A, C]``).
+
+Losses (tensorflow/tpu ``losses.RetinanetClassLoss`` / ``RetinanetBoxLoss``): sigmoid focal
+loss (alpha 0.25, gamma 1.5) summed over all anchors of the batch, Huber loss (delta 0.1)
+summed over the positive anchors' four box deltas; both normalised by the number of positive
+anchors in the batch plus one (times four for boxes); the box loss is scaled by
+``box_loss_weight`` (50) so that ``sum(losses.values())`` is the official total loss.
+
+Written instead of torchvision's ``RetinaNetHead`` because that has one BN (or none) shared
+by all levels, a 0.01 predictor init, L1 box loss and per-image normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.ops import sigmoid_focal_loss
+
+from torchspine.layers.conv import create_act, create_norm
+from torchspine.specs.spec import NormSpec
+
+__all__ = ["SharedConvTower", "RetinaNetHead"]
+
+
+class SharedConvTower(nn.Module):
+    """``num_convs`` x (3x3 conv shared across levels -> BN of this level -> act)."""
+
+    def __init__(self, in_channels: int, channels: int, num_convs: int, num_levels: int, *, norm: NormSpec,
+                 act: str) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1)
+                                   for i in range(num_convs))
+        # norms[level_index][conv_index]
+        self.norms = nn.ModuleList(
+            nn.ModuleList(create_norm(channels, norm) for _ in range(num_convs)) for _ in range(num_levels)
+        )
+        self.act = create_act(act)
+        for conv in self.convs:
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: Tensor, level_index: int) -> Tensor:
+        norms = self.norms[level_index]
+        for conv, bn in zip(self.convs, norms):
+            x = self.act(bn(conv(x)))
+        return x
+
+
+class RetinaNetHead(nn.Module):
+    """Class and box subnets with shared convs and per-level BN (see module docstring).
+
+    Args:
+        in_channels: channels of every pyramid level (``endpoints_num_filters``).
+        num_anchors: anchors per location (``num_scales * len(aspect_ratios)``).
+        num_classes: class outputs per anchor (91 for COCO ids, background 0 unused).
+        num_levels: pyramid levels (5 for P3..P7).
+        num_filters, num_convs: tower width and depth (4x128 49S, 4x256 49-143, 7x512 190).
+        norm, act: BatchNorm settings and activation (the backbone's).
+        prior_probability: initial foreground probability of every class.
+        focal_alpha, focal_gamma, huber_delta, box_loss_weight: loss settings.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        *,
+        num_levels: int = 5,
+        num_filters: int = 256,
+        num_convs: int = 4,
+        norm: NormSpec = NormSpec(),
+        act: str = "relu",
+        prior_probability: float = 0.01,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 1.5,
+        huber_delta: float = 0.1,
+        box_loss_weight: float = 50.0,
+    ) -> None:
+        super().__init__()
+        if num_convs < 1 or num_filters < 1:
+            raise ValueError(f"RetinaNet head: num_convs ({num_convs}) and num_filters ({num_filters}) must be >= 1")
+        if not 0.0 < prior_probability < 1.0:
+            raise ValueError(f"prior_probability must be in (0, 1), got {prior_probability}")
+        self.num_classes = num_classes
+        self.num_anchors = num_anchors
+        self.num_levels = num_levels
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.huber_delta = huber_delta
+        self.box_loss_weight = box_loss_weight
+        # The first tower conv maps in_channels -> num_filters (official: equal in every config).
+        self.cls_tower = SharedConvTower(in_channels, num_filters, num_convs, num_levels, norm=norm, act=act)
+        self.box_tower = SharedConvTower(in_channels, num_filters, num_convs, num_levels, norm=norm, act=act)
+        self.cls_logits = nn.Conv2d(num_filters, num_anchors * num_classes, 3, padding=1)
+        self.bbox_reg = nn.Conv2d(num_filters, num_anchors * 4, 3, padding=1)
+        nn.init.normal_(self.cls_logits.weight, std=1e-5)
+        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_probability) / prior_probability))
+        nn.init.normal_(self.bbox_reg.weight, std=1e-5)
+        nn.init.zeros_(self.bbox_reg.bias)
+        self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+
+    @staticmethod
+    def _flatten(x: Tensor, k: int) -> Tensor:
+        n, _, h, w = x.shape
+        # (N, A*K, H, W) -> (N, A, K, H, W) -> (N, H, W, A, K) -> (N, HWA, K)
+        return x.view(n, -1, k, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, k)
+
+    def forward_levels(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Raw per-level maps: class logits ``(N, A*C, H, W)`` and box deltas ``(N, A*4, H, W)``."""
+        if len(features) != self.num_levels:
+            raise ValueError(f"RetinaNet head: expected {self.num_levels} feature maps, got {len(features)}")
+        cls_maps, box_maps = [], []
+        for i, f in enumerate(features):
+            cls_maps.append(self.cls_logits(self.cls_tower(f, i)))
+            box_maps.append(self.bbox_reg(self.box_tower(f, i)))
+        return cls_maps, box_maps
+
+    def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
+        cls_maps, box_maps = self.forward_levels(features)
+        return {
+            "cls_logits": torch.cat([self._flatten(c, self.num_classes) for c in cls_maps], dim=1),
+            "bbox_regression": torch.cat([self._flatten(b, 4) for b in box_maps], dim=1),
+        }
+
+    def compute_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> dict[str, Tensor]:
+        """Official losses, normalised by the batch's positive anchors + 1 (module docstring)."""
+        cls_logits = head_outputs["cls_logits"].float()
+        bbox_regression = head_outputs["bbox_regression"].float()
+        num_pos = sum(int((m >= 0).sum()) for m in matched_idxs)
+        normalizer = float(num_pos) + 1.0
+        cls_total = cls_logits.new_zeros(())
+        box_total = cls_logits.new_zeros(())
+        for tgt, logits, deltas, anc, matched in zip(targets, cls_logits, bbox_regression, anchors, matched_idxs):
+            fg = matched >= 0
+            gt_classes = torch.zeros_like(logits)
+            labels = tgt["labels"][matched[fg]]
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+                raise ValueError(f"target labels must be in [0, {self.num_classes}), got "
+                                 f"min {int(labels.min())} max {int(labels.max())}")
+            gt_classes[fg, labels] = 1.0
+            valid = matched != det_utils.Matcher.BETWEEN_THRESHOLDS
+            cls_total = cls_total + sigmoid_focal_loss(
+                logits[valid], gt_classes[valid], alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum")
+            if fg.any():
+                target_deltas = self.box_coder.encode_single(tgt["boxes"][matched[fg]], anc[fg])
+                box_total = box_total + F.huber_loss(deltas[fg], target_deltas, delta=self.huber_delta,
+                                                     reduction="sum")
+        return {
+            "classification": cls_total / normalizer,
+            "bbox_regression": self.box_loss_weight * box_total / (4.0 * normalizer),
+        }
