@@ -1,6 +1,7 @@
 """Models: the backbone built from a spec, and the registered families."""
 
 from torchspine.models import spinenet as _spinenet  # noqa: F401  (registers the family)
+from torchspine.models import retinanet as _retinanet  # noqa: F401  (registers retinanet_spinenet*)
 from torchspine.models.backbone import SpineNet
 from torchspine.models.registry import create_model, is_model, list_models, register_model
 
