@@ -1,0 +1,85 @@
+"""SpineNet-Mobile (paper Appendix A): the mobile stem, separable resampling, registered models.
+
+Plugs into the one :class:`~torchspine.models.backbone.SpineNet` class:
+
+* stem kind ``"mobile"``: 3x3/2 conv with ``int(conv_filters * filter_size_scale)`` filters ->
+  BN -> act, then one block group per ``stem.block_levels`` entry (official: an L1 MBConv at
+  stride 1, then an L2 MBConv at stride 2); reference section 3;
+* resample kind ``"sepconv"``: :class:`~torchspine.layers.mbconv.ResampleSepConv`.
+
+Registered backbones: ``spinenet_mobile49``, ``spinenet_mobile49s``, ``spinenet_mobile49xs``
+(released presets) and ``spinenet_mobile{49xxs,49xs,49s,49}_paper`` (paper copy Table 9).
+Each takes ``flavor="tpu"`` (default) or ``"mg"`` and spec-field overrides.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchspine.layers.blocks import BLOCK_REGISTRY
+from torchspine.layers.conv import ConvNormAct
+from torchspine.layers.mbconv import ResampleSepConv
+from torchspine.models.backbone import FeatureInfo, SpineNet, _block_group, register_resample, register_stem
+from torchspine.models.registry import register_model
+from torchspine.specs.mobile import MOBILE_SCALING, mobile_spec
+from torchspine.specs.spec import SpineNetSpec
+
+__all__ = ["MobileStem", "MOBILE_MODEL_IDS"]
+
+
+class MobileStem(nn.Module):
+    """3x3/2 conv -> BN -> act (level 1), then stem block groups (official mobile stem)."""
+
+    def __init__(self, spec: SpineNetSpec) -> None:
+        super().__init__()
+        st = spec.stem
+        conv_filters = max(1, int(st.conv_filters * spec.scaling.filter_size_scale))
+        self.conv = ConvNormAct(3, conv_filters, 3, stride=2, norm=spec.norm, act=spec.activation,
+                                padding=spec.padding)
+        family = BLOCK_REGISTRY[st.block_type]
+        self.groups = nn.ModuleList()
+        infos = []
+        channels, level = conv_filters, 1
+        for lvl in st.block_levels:
+            filters = spec.filters(lvl)
+            self.groups.append(_block_group(spec, st.block_type, channels, filters,
+                                            stride=2 ** (lvl - level), drop_path_rate=0.0))
+            channels, level = family.out_channels(filters), lvl
+            infos.append(FeatureInfo(lvl, channels, st.block_type))
+        self.feature_infos = tuple(infos)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.conv(x)
+        feats = []
+        for group in self.groups:
+            x = group(x)
+            feats.append(x)
+        return feats
+
+
+def _sepconv_resample(spec: SpineNetSpec, parent: FeatureInfo, target_level: int, target_channels: int) -> nn.Module:
+    return ResampleSepConv(parent.channels, parent.level, target_level, target_channels,
+                           norm=spec.norm, act=spec.activation, padding=spec.padding)
+
+
+register_stem("mobile", MobileStem)
+register_resample("sepconv", _sepconv_resample)
+
+MOBILE_MODEL_IDS = tuple(MOBILE_SCALING)
+
+
+def _register(model_id: str) -> None:
+    def builder(*, flavor: str = "tpu", **overrides: Any) -> SpineNet:
+        return SpineNet(mobile_spec(model_id, flavor=flavor, **overrides))  # type: ignore[arg-type]
+
+    builder.__name__ = f"spinenet_mobile{model_id}"
+    builder.__doc__ = (f"SpineNet-Mobile-{model_id.upper()} backbone (paper Appendix A); "
+                       "flavor 'tpu' or 'mg'; overrides are spec fields or MBConv options.")
+    register_model(builder)
+
+
+for _id in MOBILE_MODEL_IDS:
+    _register(_id)
