@@ -68,7 +68,8 @@ class BottleneckBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.shortcut is None else self.shortcut(x)
         y = self.drop_path(self.conv3(self.conv2(self.conv1(x))))
-        return self.act(y + shortcut)
+        y += shortcut  # in place: y is a fresh tensor that no backward pass needs
+        return self.act(y)
 
 
 class ResidualBlock(nn.Module):
@@ -100,7 +101,8 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.shortcut is None else self.shortcut(x)
         y = self.drop_path(self.conv2(self.conv1(x)))
-        return self.act(y + shortcut)
+        y += shortcut  # in place: y is a fresh tensor that no backward pass needs
+        return self.act(y)
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,12 @@ class MaxPool2dSame(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ph = same_pad_amounts(x.shape[-2], self.kernel_size, self.stride)
         pw = same_pad_amounts(x.shape[-1], self.kernel_size, self.stride)
-        if ph[0] == ph[1] and pw[0] == pw[1] and 2 * ph[0] <= self.kernel_size and 2 * pw[0] <= self.kernel_size:
-            return F.max_pool2d(x, self.kernel_size, self.stride, (ph[0], pw[0]))
+        if ph[1] - ph[0] <= 1 and pw[1] - pw[0] <= 1:
+            # No copy: PyTorch pads max pools with -inf implicitly; 'SAME' puts at most one
+            # more row/column after than before, which is the partial last window that
+            # ``ceil_mode=True`` adds (out = ceil(H / stride) either way; tests check this
+            # against the explicit F.pad version for every size).
+            return F.max_pool2d(x, self.kernel_size, self.stride, (ph[0], pw[0]), ceil_mode=True)
         x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]), value=float("-inf"))
         return F.max_pool2d(x, self.kernel_size, self.stride)
 

@@ -142,9 +142,10 @@ class ScalePermutedBlock(nn.Module):
         self.info = FeatureInfo(b.level, family.out_channels(filters), b.block_type)
 
     def forward(self, feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        x = self.resample[0](feats[self.parents[0]], size) + self.resample[1](feats[self.parents[1]], size)
+        x = self.resample[0](feats[self.parents[0]], size)
+        x += self.resample[1](feats[self.parents[1]], size)  # in place: x is the projection's fresh output
         for j in self.extras:
-            x = x + feats[j]
+            x += feats[j]
         return self.group(self.merge_act(x))
 
 

@@ -1,0 +1,157 @@
+"""Inference-time optimizations that keep the network's math: BN folding, channels_last,
+a lower-precision dtype, and ``torch.compile``.
+
+:func:`optimize_for_inference` returns a new eval-mode module equivalent to the input (up to
+floating-point rounding of the folded weights, and the chosen ``dtype``). It works on any
+module that contains SpineNet parts (a bare backbone, a detector, a classifier), and on
+torchvision ResNet / FPN backbones, so benchmarks can give a peer the same treatment.
+
+BN folding (``conv -> BN`` becomes one conv with a bias) uses
+:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`. It is applied only where the order of
+execution is known without tracing:
+
+* adjacent children of an ``nn.Sequential`` (every :class:`~torchspine.layers.conv.ConvNormAct`,
+  torchvision's ``Conv2dNormActivation`` and ResNet ``downsample`` branches);
+* children of torchvision's ``IntermediateLayerGetter`` (a ``ModuleDict`` run in order; the
+  ResNet stem ``conv1 -> bn1``);
+* torchvision ResNet ``BasicBlock`` / ``Bottleneck`` (``conv{i} -> bn{i}``) and the ResNet stem.
+
+Folding is exact for TF 'SAME' convs too (:class:`~torchspine.layers.conv.Conv2dSame`): the
+zero padding happens before the conv and BN is an affine map of the conv's output, so
+``BN(conv(pad(x))) = conv'(pad(x)) + b'``. Resampling (max pools, nearest resizes) is never
+touched. Hand-written module walking because ``torch.fx``-based fusion cannot trace SpineNet
+(its resampling branches on input sizes).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+__all__ = ["fold_batch_norms_", "optimize_for_inference"]
+
+log = logging.getLogger(__name__)
+
+
+def _is_bn(m: nn.Module) -> bool:
+    if isinstance(m, nn.BatchNorm2d):
+        return m.track_running_stats and m.running_mean is not None
+    # torchvision.ops.FrozenBatchNorm2d (no import needed: duck-typed on its buffers).
+    return type(m).__name__ == "FrozenBatchNorm2d" and hasattr(m, "running_var")
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return (
+        isinstance(conv, nn.Conv2d)
+        and _is_bn(bn)
+        and conv.out_channels == bn.running_mean.numel()
+        and not conv.weight.is_meta
+    )
+
+
+def _fuse(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
+    if isinstance(bn, nn.BatchNorm2d):
+        return fuse_conv_bn_eval(conv, bn)
+    # FrozenBatchNorm2d: same affine map, not an nn.BatchNorm2d subclass.
+    fused = copy.deepcopy(conv)
+    fused.weight, fused.bias = torch.nn.utils.fusion.fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
+    return fused
+
+
+def _fold_ordered_children(parent: nn.Module) -> int:
+    """Fold adjacent (conv, bn) children of a container that runs its children in order."""
+    names = list(parent._modules)
+    count = 0
+    for a, b in zip(names, names[1:]):
+        conv, bn = parent._modules[a], parent._modules[b]
+        if conv is not None and bn is not None and _foldable(conv, bn):
+            parent._modules[a] = _fuse(conv, bn)
+            parent._modules[b] = nn.Identity()
+            count += 1
+    return count
+
+
+def _fold_named_pairs(parent: nn.Module, pairs: tuple[tuple[str, str], ...]) -> int:
+    count = 0
+    for c, b in pairs:
+        conv, bn = getattr(parent, c, None), getattr(parent, b, None)
+        if conv is not None and bn is not None and _foldable(conv, bn):
+            setattr(parent, c, _fuse(conv, bn))
+            setattr(parent, b, nn.Identity())
+            count += 1
+    return count
+
+
+_TV_RESNET_PAIRS = {
+    "BasicBlock": (("conv1", "bn1"), ("conv2", "bn2")),
+    "Bottleneck": (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+    "ResNet": (("conv1", "bn1"),),
+}
+
+
+def fold_batch_norms_(model: nn.Module) -> int:
+    """Fold every eval-mode BN that directly follows a conv into that conv, in place.
+
+    Returns the number of folded pairs. Only patterns whose execution order is known are
+    folded (see the module docstring); others are left as they are.
+    """
+    if model.training:
+        raise ValueError("fold_batch_norms_ needs an eval-mode model (BN uses its running statistics)")
+    count = 0
+    for m in list(model.modules()):
+        mod_type = type(m)
+        if isinstance(m, nn.Sequential) or mod_type.__name__ == "IntermediateLayerGetter":
+            count += _fold_ordered_children(m)
+        elif mod_type.__module__.startswith("torchvision.models") and mod_type.__name__ in _TV_RESNET_PAIRS:
+            count += _fold_named_pairs(m, _TV_RESNET_PAIRS[mod_type.__name__])
+    return count
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    *,
+    channels_last: bool = True,
+    fold_bn: bool = True,
+    dtype: torch.dtype | None = None,
+    compile: bool = False,
+    compile_options: dict[str, Any] | None = None,
+) -> nn.Module:
+    """An equivalent eval-mode copy of ``model`` prepared for fast inference.
+
+    Args:
+        model: any module (a SpineNet backbone, a detector or classifier built on one, a
+            torchvision backbone). It is not modified.
+        channels_last: convert 4-D parameters and buffers to ``torch.channels_last``; feed
+            channels_last inputs too (convs run ~1.5x faster in oneDNN on CPU).
+        fold_bn: fold BatchNorm into the preceding conv (:func:`fold_batch_norms_`).
+        dtype: cast floating-point parameters and buffers (e.g. ``torch.bfloat16``); inputs
+            must then be cast by the caller. ``None`` keeps the model's dtype.
+        compile: wrap the result with :func:`torch.compile` (Inductor, ``dynamic=False``).
+            Returns the compiled wrapper; the first call per input shape compiles.
+        compile_options: extra keyword arguments for :func:`torch.compile`.
+
+    Returns:
+        A new module in eval mode with ``requires_grad`` off on every parameter.
+    """
+    out = copy.deepcopy(model).eval()
+    for p in out.parameters():
+        p.requires_grad_(False)
+    if fold_bn:
+        n = fold_batch_norms_(out)
+        log.info("folded %d conv+BN pairs", n)
+    if dtype is not None:
+        out = out.to(dtype=dtype)
+    if channels_last:
+        out = out.to(memory_format=torch.channels_last)
+    if compile:
+        opts = {"dynamic": False}
+        opts.update(compile_options or {})
+        out = torch.compile(out, **opts)
+    return out

@@ -1,0 +1,93 @@
+"""optimize_for_inference: the optimized copy computes the same function as the original."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import torchspine
+from torchspine.tools.optimize import fold_batch_norms_, optimize_for_inference
+
+
+def _randomize_bn_(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial BN statistics, so that folding has something to get wrong."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def _max_rel_err(a: dict, b: dict) -> float:
+    return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)).item() for k in b)
+
+
+@pytest.mark.parametrize("padding", ["symmetric", "same"])
+def test_optimized_backbone_matches_original(padding: str) -> None:
+    torch.manual_seed(0)
+    model = torchspine.create_model("spinenet49", filter_size_scale=0.25, endpoints_num_filters=32,
+                                    padding=padding, activation="swish").eval()
+    _randomize_bn_(model)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    x = torch.randn(2, 3, 97, 130)  # odd sizes: 'SAME' pads differ before/after
+    with torch.no_grad():
+        ref = model(x)
+    opt = optimize_for_inference(model)
+    # Every BN in SpineNet follows a conv inside a ConvNormAct: all are folded.
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in opt.modules())
+    assert n_bn == sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    assert not opt.training and all(not p.requires_grad for p in opt.parameters())
+    # The original is untouched.
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == n_bn
+    with torch.inference_mode():
+        out = opt(x.to(memory_format=torch.channels_last))
+    assert list(out) == list(ref)
+    # fp32 folding changes rounding only: ~1e-6 relative observed; 1e-4 leaves room.
+    assert _max_rel_err(out, ref) < 1e-4
+
+
+def test_optimize_bf16_close_to_fp32() -> None:
+    torch.manual_seed(0)
+    model = torchspine.create_model("spinenet49", filter_size_scale=0.25, endpoints_num_filters=32).eval()
+    _randomize_bn_(model)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        ref = model(x)
+    opt = optimize_for_inference(model, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in opt.parameters())
+    with torch.inference_mode():
+        out = opt(x.to(torch.bfloat16, memory_format=torch.channels_last))
+    out = {k: v.float() for k, v in out.items()}
+    # bf16 has an 8-bit mantissa (relative step 2**-8 = 0.4%); errors accumulate over
+    # ~40 convs, so a few percent of the largest activation is the expected scale.
+    assert _max_rel_err(out, ref) < 0.1
+
+
+def test_fold_torchvision_resnet_fpn() -> None:
+    """The benchmark's peer gets the same treatment: every BN of R50-FPN folds."""
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    torch.manual_seed(0)
+    peer = resnet_fpn_backbone(backbone_name="resnet18", weights=None, norm_layer=nn.BatchNorm2d,
+                               trainable_layers=5, returned_layers=[2, 3, 4],
+                               extra_blocks=LastLevelP6P7(256, 256)).eval()
+    _randomize_bn_(peer)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        ref = peer(x)
+    folded = optimize_for_inference(peer, channels_last=False)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        out = folded(x)
+    assert _max_rel_err(out, ref) < 1e-4
+
+
+def test_fold_needs_eval_mode() -> None:
+    model = torchspine.create_model("spinenet49", filter_size_scale=0.125, endpoints_num_filters=8)
+    with pytest.raises(ValueError, match="eval"):
+        fold_batch_norms_(model)
