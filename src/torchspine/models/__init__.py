@@ -2,6 +2,7 @@
 
 from torchspine.models import spinenet as _spinenet  # noqa: F401  (registers the family)
 from torchspine.models import retinanet as _retinanet  # noqa: F401  (registers retinanet_spinenet*)
+from torchspine.models import maskrcnn as _maskrcnn  # noqa: F401  (registers maskrcnn_spinenet*)
 from torchspine.models import mobile as _mobile  # noqa: F401  (registers spinenet_mobile*)
 from torchspine.models import resnext as _resnext  # noqa: F401  (registers spinenet49_resnext*)
 from torchspine.models import classifier as _classifier  # noqa: F401  (registers *_cls)
