@@ -94,6 +94,18 @@ PUBLISHED: dict[str, Published] = {
     "spinenet143": Published(60_247_616, 295.26, 297.2, size=1280, source="TPU code, reference §9"),
     "spinenet143l": Published(100_796_257, None, None, size=1280, source="TPU code, reference §9"),
     "spinenet190": Published(126_587_664, 620.98, 624.1, size=1280, source="TPU code, reference §9"),
+    # SpineNet-Mobile backbone + endpoints (reference §9; MACs conv-only, computed from TPU code).
+    "spinenet_mobile49": Published(2_268_708, 0.785, None, size=384, source="TPU code, reference §9"),
+    "spinenet_mobile49s": Published(975_678, None, None, size=384, source="TPU code, reference §9"),
+    "spinenet_mobile49xs": Published(842_456, None, None, size=256, source="TPU code, reference §9"),
+    # ImageNet classifiers at 224 (1000 classes): params = backbone + endpoints + 257,000 (513,000
+    # for 190's 512-wide endpoints); tf.profiler MACs from the TPU ImageNet zoo (reference §8);
+    # paper copy Table 6 (ImageNet columns) beside them.
+    "spinenet49s_cls": Published(None, None, None, 14.2, 2.9, size=224, source="paper copy Table 6 (no official 49S classifier)"),
+    "spinenet49_cls": Published(22_088_488, None, 3.5, 24.5, 4.4, size=224, source="TPU ImageNet zoo; paper Table 6"),
+    "spinenet96_cls": Published(36_519_976, None, 5.7, 38.9, 6.6, size=224, source="TPU ImageNet zoo; paper Table 6"),
+    "spinenet143_cls": Published(60_504_616, None, 9.1, 60.5, 9.7, size=224, source="TPU ImageNet zoo; paper Table 6"),
+    "spinenet190_cls": Published(127_100_664, None, 19.1, None, None, size=224, source="TPU ImageNet zoo"),
 }
 
 
