@@ -2,6 +2,16 @@
 
 from torchspine.models import SpineNet, create_model, list_models, register_model
 from torchspine.specs import BlockSpec, NormSpec, ScalingSpec, SpineNetSpec, StemSpec, spinenet_spec
+from torchspine.models.timm_models import timm_register
+
+# timm entry points (docs/family.md): registered on import whenever timm is installed, so that
+# ``timm.create_model("spinenet49", features_only=True)`` works after ``import torchspine``.
+# Set TORCHSPINE_NO_TIMM=1 to skip (and call torchspine.timm_register() yourself).
+import importlib.util as _importlib_util
+import os as _os
+
+if _os.environ.get("TORCHSPINE_NO_TIMM") != "1" and _importlib_util.find_spec("timm") is not None:
+    timm_register()
 
 __version__ = "0.1.0"
 
@@ -16,4 +26,5 @@ __all__ = [
     "list_models",
     "register_model",
     "spinenet_spec",
+    "timm_register",
 ]
