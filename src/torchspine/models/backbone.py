@@ -1,9 +1,9 @@
 """The SpineNet backbone, built only from a :class:`~torchspine.specs.SpineNetSpec`.
 
 Follows paper section 3 and the official graph builder (reference sections 3-7):
-stem -> scale-permuted blocks (each: resample two parents, add zero-out-degree extras for
-output blocks, ``act(sum)``, a group of ``block_repeats`` blocks) -> endpoints (1x1 conv,
-BN, act) for levels ``min_level..max_level``.
+stem -> scale-permuted blocks (each: resample the parents (two; one in the graph-damage
+ablations), add zero-out-degree extras for output blocks, ``act(sum)``, a group of
+``block_repeats`` blocks) -> endpoints (1x1 conv, BN, act) for levels ``min_level..max_level``.
 
 The forward pass returns ``{"p3": ..., "p7": ...}``. Any input size works: the level-``l``
 map has size ``ceil(H / 2**l) x ceil(W / 2**l)``.
@@ -143,7 +143,8 @@ class ScalePermutedBlock(nn.Module):
 
     def forward(self, feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         x = self.resample[0](feats[self.parents[0]], size)
-        x += self.resample[1](feats[self.parents[1]], size)  # in place: x is the projection's fresh output
+        for resample, p in zip(self.resample[1:], self.parents[1:]):  # one parent in graph-damage ablations
+            x += resample(feats[p], size)  # in place: x is the projection's fresh output
         for j in self.extras:
             x += feats[j]
         return self.group(self.merge_act(x))

@@ -70,13 +70,14 @@ class BlockSpec:
         level: feature level; the block's output has stride ``2**level``.
         block_type: ``"bottleneck"`` (output ``4*filters`` channels), ``"residual"``
             (``filters`` channels), or a type added by a family (``"mbconv"``, ``"resnext"``).
-        input_offsets: indices into ``feats`` of the two parents (see module docstring).
+        input_offsets: indices into ``feats`` of the parents (see module docstring); two in
+            every published model, one in the graph-damage ablations (paper Table 8).
         is_output: whether this block feeds the endpoint of its level.
     """
 
     level: int
     block_type: str
-    input_offsets: tuple[int, int]
+    input_offsets: tuple[int, ...]
     is_output: bool = False
 
 
@@ -272,8 +273,8 @@ class SpineNetSpec:
             if not isinstance(b.level, int) or not MIN_SUPPORTED_LEVEL <= b.level <= MAX_SUPPORTED_LEVEL:
                 fail(f"{where}: level {b.level!r} outside the supported range "
                      f"[{MIN_SUPPORTED_LEVEL}, {MAX_SUPPORTED_LEVEL}]")
-            if len(b.input_offsets) != 2:
-                fail(f"{where}: needs exactly two input offsets, got {b.input_offsets!r}")
+            if len(b.input_offsets) < 1:
+                fail(f"{where}: needs at least one input offset, got {b.input_offsets!r}")
             for p in b.input_offsets:
                 if not isinstance(p, int) or p < 0 or p >= i + n_stem:
                     fail(f"{where}: parent offset {p!r} is not an earlier block "
@@ -395,7 +396,7 @@ class SpineNetSpec:
     def to_genome(self) -> str:
         """A compact one-line string that round-trips exactly (see module docstring)."""
         blocks = ",".join(
-            f"{b.level}{BLOCK_TYPE_CODES[b.block_type]}{b.input_offsets[0]}.{b.input_offsets[1]}"
+            f"{b.level}{BLOCK_TYPE_CODES[b.block_type]}{'.'.join(str(p) for p in b.input_offsets)}"
             + ("o" if b.is_output else "")
             for b in self.blocks
         )
@@ -426,7 +427,7 @@ class SpineNetSpec:
             if m["code"] not in _CODE_TO_BLOCK_TYPE:
                 raise ValueError(f"genome block {i}: unknown block type code {m['code']!r}")
             blocks.append(BlockSpec(int(m["level"]), _CODE_TO_BLOCK_TYPE[m["code"]],
-                                    (int(m["p0"]), int(m["p1"])), bool(m["out"])))
+                                    tuple(int(p) for p in m["parents"].split(".")), bool(m["out"])))
         d = SpineNetSpec(blocks=tuple(blocks)).to_dict()
         for tok in parts[2:]:
             key, sep, raw = tok.partition("=")
@@ -449,7 +450,7 @@ class SpineNetSpec:
 
 
 _NESTED = {"scaling": ScalingSpec, "stem": StemSpec, "norm": NormSpec}
-_BLOCK_RE = re.compile(r"(?P<level>\d+)(?P<code>[a-z])(?P<p0>\d+)\.(?P<p1>\d+)(?P<out>o?)")
+_BLOCK_RE = re.compile(r"(?P<level>\d+)(?P<code>[a-z])(?P<parents>\d+(?:\.\d+)*)(?P<out>o?)")
 
 
 def _normalize_options(opts: Any) -> tuple[tuple[str, Any], ...]:
