@@ -1,0 +1,154 @@
+"""The search journal: one JSON line per event, appended and fsynced.
+
+Events:
+
+* ``{"event": "config", ...}``: the first line, the search settings (strategy, space, seed,
+  reward); a resumed search checks that they agree;
+* ``{"event": "start", "trial_id", "genome", "decisions", "time"}``: a trial was launched;
+* ``{"event": "finish", "trial_id", "status": "ok" | "failed", "reward", "metrics",
+  "error", "genome", "decisions", "start_time", "end_time", "duration_s"}``.
+
+A line is written with a single ``write`` of the whole line, then ``flush`` and ``fsync``,
+so a kill leaves at most a truncated last line; :meth:`Journal.read` ignores such a last line
+(and raises ``ValueError`` naming the file and line for damage anywhere else).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Journal", "TrialRecord"]
+
+
+@dataclass
+class TrialRecord:
+    """A finished trial as read back from the journal."""
+
+    trial_id: int
+    status: str
+    reward: float | None
+    genome: str
+    decisions: tuple[int, ...]
+    duration_s: float
+    end_time: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as strings so the line stays standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class Journal:
+    """Append-only JSONL file of search events (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def exists(self) -> bool:
+        return self.path.exists() and self.path.stat().st_size > 0
+
+    def append(self, event: dict[str, Any]) -> None:
+        line = json.dumps(_clean(event), allow_nan=False, separators=(",", ":")) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            data = line.encode("utf-8")
+            if self._needs_newline():
+                data = b"\n" + data  # a previous kill cut the last line: start a fresh one
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _needs_newline(self) -> bool:
+        if not self.exists():
+            return False
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+
+    def events(self) -> list[dict[str, Any]]:
+        """All complete events, in order."""
+        if not self.exists():
+            return []
+        with open(self.path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        out = []
+        last_content = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+        for i, ln in enumerate(lines):
+            if not ln.strip():
+                continue
+            try:
+                ev = json.loads(ln)
+            except json.JSONDecodeError as e:
+                if i == last_content and not ln.endswith("}"):
+                    continue  # truncated by a kill mid-write
+                raise ValueError(f"{self.path}: line {i + 1} is not valid JSON ({e})") from e
+            if not isinstance(ev, dict) or "event" not in ev:
+                raise ValueError(f"{self.path}: line {i + 1} is not a journal event: {ln[:80]!r}")
+            out.append(ev)
+        return out
+
+    def config(self) -> dict[str, Any] | None:
+        for ev in self.events():
+            if ev["event"] == "config":
+                return ev
+        return None
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.append({"event": "config", **config, "time": time.time()})
+
+    def start(self, trial_id: int, *, genome: str, decisions: tuple[int, ...] | list[int]) -> None:
+        self.append({"event": "start", "trial_id": trial_id, "genome": genome,
+                     "decisions": list(decisions), "time": time.time()})
+
+    def finish(self, trial_id: int, *, status: str, reward: float | None, genome: str,
+               decisions: tuple[int, ...] | list[int], start_time: float, end_time: float | None = None,
+               metrics: dict[str, Any] | None = None, error: str | None = None) -> TrialRecord:
+        end = time.time() if end_time is None else end_time
+        ev = {"event": "finish", "trial_id": trial_id, "status": status, "reward": reward, "genome": genome,
+              "decisions": list(decisions), "start_time": start_time, "end_time": end,
+              "duration_s": end - start_time, "metrics": metrics or {}, "error": error}
+        self.append(ev)
+        return _record(ev)
+
+    def finished(self) -> dict[int, TrialRecord]:
+        """Finished trials by id (the first finish of an id wins; a resumed search never repeats one)."""
+        out: dict[int, TrialRecord] = {}
+        for ev in self.events():
+            if ev["event"] == "finish" and int(ev["trial_id"]) not in out:
+                out[int(ev["trial_id"])] = _record(ev)
+        return out
+
+    def records(self) -> list[TrialRecord]:
+        """Finished trials sorted by trial id."""
+        return [r for _, r in sorted(self.finished().items())]
+
+
+def _record(ev: dict[str, Any]) -> TrialRecord:
+    reward = ev.get("reward")
+    if isinstance(reward, str):
+        reward = float(reward)
+    return TrialRecord(
+        trial_id=int(ev["trial_id"]), status=str(ev["status"]), reward=reward, genome=str(ev["genome"]),
+        decisions=tuple(int(d) for d in ev.get("decisions", ())), duration_s=float(ev.get("duration_s", 0.0)),
+        end_time=float(ev.get("end_time", 0.0)), metrics=dict(ev.get("metrics") or {}), error=ev.get("error"),
+    )
