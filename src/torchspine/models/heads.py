@@ -47,11 +47,34 @@ class SharedConvTower(nn.Module):
             nn.ModuleList(create_norm(channels, norm) for _ in range(num_convs)) for _ in range(num_levels)
         )
         self.act = create_act(act)
+        self.fused: nn.ModuleList | None = None  # per-level conv+BN folds, see fold_batch_norms_
         for conv in self.convs:
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
 
+    def fold_batch_norms_(self) -> int:
+        """Inference only: fold each level's BNs into per-level copies of the shared convs.
+
+        Exact up to rounding (BN in eval mode is affine); the generic folder in
+        :mod:`torchspine.tools.optimize` cannot do this because the convs are shared.
+        Returns the number of folded (conv, BN) pairs.
+        """
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        if self.training:
+            raise ValueError("fold_batch_norms_ needs an eval-mode head")
+        if self.fused is not None or self.convs[0].weight.is_meta:
+            return 0
+        self.fused = nn.ModuleList(
+            nn.ModuleList(fuse_conv_bn_eval(conv, bn) for conv, bn in zip(self.convs, norms)) for norms in self.norms
+        )
+        return len(self.convs) * len(self.norms)
+
     def forward(self, x: Tensor, level_index: int) -> Tensor:
+        if self.fused is not None:
+            for conv in self.fused[level_index]:
+                x = self.act(conv(x))
+            return x
         norms = self.norms[level_index]
         for conv, bn in zip(self.convs, norms):
             x = self.act(bn(conv(x)))
