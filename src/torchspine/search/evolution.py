@@ -35,10 +35,23 @@ def mutate(space: SearchSpace, decisions: list[int] | tuple[int, ...], rng) -> l
     candidates: dict[str, list[tuple[int, list[int]]]] = {}
     for i, step in enumerate(space.steps):
         others = [o for o in space.valid_options(parent[:i]) if o != parent[i]]
+        if step.kind == "perm_intermediate":
+            # Swapping two slots of the same base level would rebuild the same network.
+            base = space.intermediate_levels
+            others = [o for o in others if base[o] != base[parent[i]]]
         if others:
             candidates.setdefault(_GROUPS[step.kind], []).append((i, others))
     if not candidates:
         raise ValueError(f"search space {space.name!r} has a single architecture: nothing to mutate")
+    for _ in range(100):
+        child = _mutate_once(space, parent, candidates, rng)
+        if space.decode(child).blocks != space.decode(parent).blocks:
+            return child
+    raise ValueError(f"search space {space.name!r}: no mutation of {parent} changes the network")
+
+
+def _mutate_once(space: SearchSpace, parent: list[int], candidates: dict[str, list[tuple[int, list[int]]]],
+                 rng) -> list[int]:
     group = rng.choice(sorted(candidates))
     i, others = rng.choice(candidates[group])
     child = list(parent)

@@ -288,6 +288,9 @@ class SearchSpace:
             if b.is_output != (k >= n_int):
                 raise ValueError(f"{label}: block {k} is_output={b.is_output}; the space builds "
                                  f"{n_int} intermediate blocks then {n - n_int} output blocks")
+            if len(b.input_offsets) != 2 or b.input_offsets[0] == b.input_offsets[1]:
+                raise ValueError(f"{label}: block {k} has parents {b.input_offsets}; the space gives every "
+                                 f"block two distinct parents")
             if b.block_type not in self.block_types:
                 raise ValueError(f"{label}: block {k} type {b.block_type!r} not in {self.block_types}")
         slots = self._match_slots([b.level for b in spec.blocks[:n_int]])
