@@ -1,0 +1,170 @@
+"""COCO-format detection dataset read with pycocotools (issue 4, item 1).
+
+``CocoDetection(ann_file, image_dir, transforms=...)`` yields ``(image, target)`` with the
+image a ``3 x H x W`` float tensor in ``0..1`` and the target a torchvision detection dict:
+``boxes`` (xyxy pixels), ``labels`` (the COCO category ids themselves, as the official code
+and torchvision's COCO models do: ``num_classes = max category id + 1``), ``masks``
+(``N x H x W`` uint8, when ``with_masks``), ``image_id``, ``area``, ``iscrowd``.
+
+Crowd annotations and boxes of zero width or height are left out of training targets, as
+torchvision's COCO reference does; COCO evaluation still sees them in the ground truth (crowd
+regions are "ignore" regions there). The annotation file is checked before use
+(:mod:`torchspine.data.checks`). A corrupt or unreadable image met while loading is logged
+and the sample is returned as ``None``; :func:`collate_detection` drops such samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from torchspine.data.checks import check_coco, enforce
+from torchspine.data.transforms import Compose, build_eval_transforms
+
+__all__ = ["CocoDetection", "collate_detection", "load_coco"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_coco(ann_file: str | os.PathLike, *, image_dir: str | os.PathLike | None = None,
+              skip_bad: bool = False) -> COCO:
+    """Read, check and index an annotation file; bad records stop the run or (``skip_bad``)
+    are removed before pycocotools indexes the file."""
+    ann_file = Path(ann_file)
+    if not ann_file.is_file():
+        raise FileNotFoundError(f"annotation file {str(ann_file)!r} not found")
+    try:
+        data = json.loads(ann_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{ann_file}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{ann_file}: top level must be an object with images/annotations/categories")
+    report = check_coco(data, image_dir=image_dir, source=str(ann_file))
+    bad_images, bad_anns = enforce(report, skip_bad=skip_bad)
+    if bad_images or bad_anns:
+        seen_i, seen_a = set(), set()
+        images = []
+        for img in data["images"]:
+            if img.get("id") not in bad_images and img.get("id") not in seen_i:
+                seen_i.add(img["id"])
+                images.append(img)
+        anns = []
+        for a in data["annotations"]:
+            if a.get("id") in bad_anns or a.get("image_id") not in seen_i or a.get("id") in seen_a:
+                continue
+            seen_a.add(a["id"])
+            anns.append(a)
+        data = {**data, "images": images, "annotations": anns}
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """A COCO-format dataset.
+
+    Args:
+        ann_file: the annotation JSON.
+        image_dir: the folder holding the ``file_name`` of each image.
+        transforms: a callable ``(image, target, generator) -> (image, target)``.
+        with_masks: decode instance masks into the target (Mask R-CNN).
+        skip_bad: leave out records that fail the annotation check instead of stopping.
+        seed: base seed of the per-sample augmentation generator.
+    """
+
+    def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, *,
+                 transforms: Compose | None = None, with_masks: bool = False, skip_bad: bool = False,
+                 seed: int = 0) -> None:
+        self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
+        if not self.image_dir.is_dir():
+            raise FileNotFoundError(f"image folder {str(self.image_dir)!r} not found")
+        self.coco = load_coco(ann_file, image_dir=image_dir, skip_bad=skip_bad)
+        self.ids = sorted(self.coco.imgs)
+        self.transforms = transforms if transforms is not None else build_eval_transforms()
+        self.with_masks = with_masks
+        self.seed = seed
+        self.epoch = 0
+        self.num_corrupt = 0
+        cat_ids = sorted(self.coco.cats)
+        self.num_classes = (max(cat_ids) + 1) if cat_ids else 1
+        self.category_names = {c["id"]: c["name"] for c in self.coco.dataset["categories"]}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation depends on (seed, epoch, index) only, so it survives a resume."""
+        self.epoch = epoch
+
+    def _generator(self, index: int) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        return g
+
+    def load_image(self, index: int) -> torch.Tensor | None:
+        info = self.coco.imgs[self.ids[index]]
+        path = self.image_dir / info["file_name"]
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for truncated/corrupt files
+            self.num_corrupt += 1
+            logger.warning("skipping corrupt image id %s (%s): %s", info["id"], path, e)
+            return None
+        return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)  # HWC uint8 -> CHW float
+
+    def load_target(self, index: int, height: int, width: int) -> dict[str, Any]:
+        image_id = self.ids[index]
+        anns = self.coco.imgToAnns.get(image_id, [])
+        keep = [a for a in anns if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+        boxes = torch.tensor([a["bbox"] for a in keep], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        target: dict[str, Any] = {
+            "boxes": boxes,
+            "labels": torch.tensor([a["category_id"] for a in keep], dtype=torch.int64),
+            "area": torch.tensor([float(a.get("area", 0.0)) for a in keep], dtype=torch.float32),
+            "iscrowd": torch.zeros(len(keep), dtype=torch.int64),
+            "image_id": int(image_id),
+        }
+        if self.with_masks:
+            masks = np.zeros((len(keep), height, width), dtype=np.uint8)
+            for k, a in enumerate(keep):
+                if a.get("segmentation"):
+                    masks[k] = self.coco.annToMask(a)[:height, :width]
+            target["masks"] = torch.from_numpy(masks)
+        return target
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]] | None:
+        image = self.load_image(index)
+        if image is None:
+            return None
+        target = self.load_target(index, image.shape[1], image.shape[2])
+        return self.transforms(image, target, self._generator(index))
+
+
+def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """Lists of images and targets (torchvision detection input); drops corrupt samples."""
+    batch = [b for b in batch if b is not None]
+    return [b[0] for b in batch], [b[1] for b in batch]
+
+
+def to_coco_rle(mask: np.ndarray) -> dict:
+    """Binary ``H x W`` mask -> COCO RLE with a str ``counts`` (JSON-serialisable)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle

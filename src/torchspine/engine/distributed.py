@@ -1,0 +1,123 @@
+"""Process-group setup for ``torchrun`` and batch norm across processes.
+
+``torchrun --nproc_per_node=N -m torchspine train ...`` sets ``RANK`` / ``WORLD_SIZE`` /
+``LOCAL_RANK``; :func:`init_distributed` joins the group with gloo on CPU and nccl on GPU.
+
+The recipe uses synchronized BN (paper section 4.1, reference section 7). PyTorch's
+``nn.SyncBatchNorm`` only runs on CUDA, so on multi-process CPU runs
+:class:`AllReduceBatchNorm2d` (hand-written: no CPU counterpart exists in torch) computes the
+batch statistics over all processes with a differentiable all-reduce. With it, N processes
+with the same global batch compute the same function as one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "AllReduceBatchNorm2d", "convert_batchnorm",
+           "is_main_process", "all_reduce_mean"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group described by torchrun's environment (no-op without it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend=backend)
+        logger.info("process group: rank %d/%d, backend %s", rank, world, backend)
+    return DistInfo(rank, world, local)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value
+
+
+class AllReduceBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics cover every process's batch (CPU / gloo)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        n_local = x.shape[0] * x.shape[2] * x.shape[3]
+        # per-channel [sum, sum of squares, count], summed over processes (autograd-aware)
+        stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)),
+                           x.new_full((1,), float(n_local))])
+        stats = all_reduce(stats)
+        c = x.shape[1]
+        count = stats[2 * c]
+        mean = stats[:c] / count
+        var = stats[c:2 * c] / count - mean * mean  # biased, used to normalise
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * count / max(count - 1, 1), alpha=m)
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y
+
+
+def convert_batchnorm(model: nn.Module, *, device: torch.device, world_size: int, mode: str = "auto") -> nn.Module:
+    """Cross-process BN when distributed: ``nn.SyncBatchNorm`` on CUDA, the all-reduce BN on
+    CPU; untouched for one process (so it can never break a single-process run)."""
+    if mode == "off" or world_size <= 1:
+        return model
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _swap_bn(model)
+
+
+def _swap_bn(module: nn.Module) -> nn.Module:
+    if type(module) is nn.BatchNorm2d:
+        new = AllReduceBatchNorm2d(module.num_features, eps=module.eps, momentum=module.momentum,
+                                   affine=module.affine, track_running_stats=module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, _swap_bn(child))
+    return module

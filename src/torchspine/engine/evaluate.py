@@ -1,0 +1,139 @@
+"""COCO evaluation with pycocotools (issue 4, item 6): box AP and, for Mask R-CNN, mask AP.
+
+:func:`coco_metrics` runs ``COCOeval`` on a ground-truth ``COCO`` and a list of COCO result
+dicts and returns the 12 standard numbers under readable names; :func:`evaluate_coco` runs a
+torchvision-style detector over a dataset first. AP itself is never computed here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import nn
+
+from torchspine.data.coco import CocoDetection, collate_detection, to_coco_rle
+
+__all__ = ["STAT_NAMES", "coco_metrics", "predictions_to_coco", "evaluate_coco", "format_table"]
+
+logger = logging.getLogger(__name__)
+
+# Order of COCOeval.stats (pycocotools' summarize()).
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def coco_metrics(coco_gt: COCO, results: list[dict], *, iou_type: str = "bbox",
+                 image_ids: Sequence[int] | None = None) -> dict[str, float]:
+    """pycocotools' 12 summary numbers. No detections at all gives zeros (pycocotools'
+    ``loadRes`` rejects an empty list)."""
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    if not results:
+        return {k: 0.0 for k in STAT_NAMES}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(results)
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        if image_ids is not None:
+            ev.params.imgIds = list(image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    # pycocotools reports -1 where a size range has no ground truth; keep its convention.
+    return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
+
+
+def predictions_to_coco(image_id: int, pred: dict[str, torch.Tensor], *, with_masks: bool = False,
+                        mask_threshold: float = 0.5) -> tuple[list[dict], list[dict]]:
+    """One image's torchvision predictions -> COCO box results (xywh) and mask results (RLE).
+
+    Labels are COCO category ids (see :mod:`torchspine.data.coco`)."""
+    boxes = pred["boxes"].detach().float().cpu()
+    scores = pred["scores"].detach().float().cpu().tolist()
+    labels = pred["labels"].detach().cpu().tolist()
+    xywh = boxes.clone()
+    xywh[:, 2:] -= xywh[:, :2]
+    box_res = [{"image_id": int(image_id), "category_id": int(c), "bbox": [round(float(v), 3) for v in b],
+                "score": float(s)} for b, s, c in zip(xywh.tolist(), scores, labels)]
+    mask_res: list[dict] = []
+    if with_masks and "masks" in pred:
+        masks = (pred["masks"].detach().cpu()[:, 0] > mask_threshold).numpy().astype(np.uint8)  # (N,1,H,W) -> (N,H,W)
+        for m, s, c in zip(masks, scores, labels):
+            mask_res.append({"image_id": int(image_id), "category_id": int(c), "segmentation": to_coco_rle(m),
+                             "score": float(s)})
+    return box_res, mask_res
+
+
+@torch.no_grad()
+def evaluate_coco(model: nn.Module, data: CocoDetection | Iterable, *, coco_gt: COCO | None = None,
+                  device: str | torch.device = "cpu", batch_size: int = 4, max_images: int | None = None,
+                  with_masks: bool | None = None, progress: bool = False) -> dict[str, Any]:
+    """Run ``model`` (eval mode, torchvision detection API) over ``data`` and score it.
+
+    Args:
+        data: a :class:`CocoDetection` (its ``coco`` is the ground truth) or a loader of
+            ``(images, targets)`` batches with ``coco_gt`` given.
+        max_images: score only the first ``max_images`` images.
+        with_masks: also score masks (``segm``); default: when predictions carry masks.
+
+    Returns ``{"AP", "AP50", ..., "mask_AP", ..., "num_images", "seconds"}`` (box metrics
+    unprefixed, mask metrics prefixed ``mask_``).
+    """
+    device = torch.device(device)
+    if isinstance(data, CocoDetection):
+        coco_gt = data.coco
+        n = len(data) if max_images is None else min(max_images, len(data))
+        subset = torch.utils.data.Subset(data, range(n))
+        loader: Iterable = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False,
+                                                       collate_fn=collate_detection)
+    else:
+        loader = data
+    if coco_gt is None:
+        raise ValueError("evaluate_coco: coco_gt is required when data is not a CocoDetection")
+    was_training = model.training
+    model.eval()
+    boxes, masks, image_ids = [], [], []
+    start = time.perf_counter()
+    if progress:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc="eval", leave=False)
+    for images, targets in loader:
+        if max_images is not None and len(image_ids) >= max_images:
+            break
+        outputs = model([im.to(device) for im in images])
+        for t, out in zip(targets, outputs):
+            use_masks = ("masks" in out) if with_masks is None else with_masks
+            b, m = predictions_to_coco(t["image_id"], out, with_masks=use_masks)
+            boxes += b
+            masks += m
+            image_ids.append(int(t["image_id"]))
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+    result: dict[str, Any] = dict(coco_metrics(coco_gt, boxes, iou_type="bbox", image_ids=image_ids))
+    if masks or with_masks:
+        result.update({f"mask_{k}": v for k, v in coco_metrics(coco_gt, masks, iou_type="segm",
+                                                               image_ids=image_ids).items()})
+    result["num_images"] = len(image_ids)
+    result["num_detections"] = len(boxes)
+    result["seconds"] = seconds
+    logger.info("COCO eval on %d images: AP %.3f AP50 %.3f (%.1f s)", len(image_ids), result["AP"],
+                result["AP50"], seconds)
+    return result
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """A plain-text table of the AP numbers (box, and mask when present)."""
+    cols = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    rows = [("box", "")] + ([("mask", "mask_")] if "mask_AP" in metrics else [])
+    lines = ["type  " + " ".join(f"{c:>6}" for c in cols)]
+    for name, prefix in rows:
+        lines.append(f"{name:<5} " + " ".join(f"{100 * metrics[prefix + c]:6.1f}" if metrics[prefix + c] >= 0
+                                             else f"{'-':>6}" for c in cols))
+    return "\n".join(lines)
