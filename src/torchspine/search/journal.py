@@ -8,9 +8,9 @@ Events:
 * ``{"event": "finish", "trial_id", "status": "ok" | "failed", "reward", "metrics",
   "error", "genome", "decisions", "start_time", "end_time", "duration_s"}``.
 
-A line is written with a single ``write`` of the whole line, then ``flush`` and ``fsync``,
-so a kill leaves at most a truncated last line; :meth:`Journal.read` ignores such a last line
-(and raises ``ValueError`` naming the file and line for damage anywhere else).
+A line is written with a single ``write`` of the whole line, then ``fsync``, so a kill
+leaves at most a truncated last line: :meth:`Journal.events` ignores it, the next append
+cuts it off, and damage anywhere else raises ``ValueError`` naming the file and line.
 """
 
 from __future__ import annotations
@@ -68,22 +68,26 @@ class Journal:
     def append(self, event: dict[str, Any]) -> None:
         line = json.dumps(_clean(event), allow_nan=False, separators=(",", ":")) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_partial_line()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            data = line.encode("utf-8")
-            if self._needs_newline():
-                data = b"\n" + data  # a previous kill cut the last line: start a fresh one
-            os.write(fd, data)
+            os.write(fd, line.encode("utf-8"))
             os.fsync(fd)
         finally:
             os.close(fd)
 
-    def _needs_newline(self) -> bool:
+    def _drop_partial_line(self) -> None:
+        """A kill mid-write leaves a last line without its newline: cut it off before appending."""
         if not self.exists():
-            return False
-        with open(self.path, "rb") as f:
+            return
+        with open(self.path, "rb+") as f:
             f.seek(-1, os.SEEK_END)
-            return f.read(1) != b"\n"
+            if f.read(1) == b"\n":
+                return
+            f.seek(0)
+            data = f.read()
+            f.truncate(data.rfind(b"\n") + 1)
+            os.fsync(f.fileno())
 
     def events(self) -> list[dict[str, Any]]:
         """All complete events, in order."""

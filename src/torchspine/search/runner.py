@@ -118,7 +118,14 @@ def evaluate_trial(reward_fn: RewardFn, spec_dict: dict[str, Any]) -> dict[str, 
 
 def init_ray(*, address: str | None = None, object_store_memory: int = 256 * 1024 * 1024,
              num_cpus: int | None = None) -> None:
-    """``ray.init`` for a search: a running cluster by address, else a local Ray on loopback."""
+    """``ray.init`` for a search: a running cluster by address, else a local Ray on loopback.
+
+    A local Ray binds to the machine's network address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
+    (shared/reference/environment.md); Ray reads that variable when it is imported, so the
+    constant is also set here in case ``ray`` was imported earlier.
+    """
+    if not address:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
@@ -126,8 +133,10 @@ def init_ray(*, address: str | None = None, object_store_memory: int = 256 * 102
     if address:
         ray.init(address=address, log_to_driver=False)
         return
-    # Keep a local Ray on 127.0.0.1 (shared/reference/environment.md).
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # (private; read by services.py at node start)
     ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=object_store_memory,
              log_to_driver=False, configure_logging=False)
 

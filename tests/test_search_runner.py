@@ -1,0 +1,152 @@
+"""Journal, resume after a kill, failed trials, and a real Ray run on local CPUs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from torchspine.search.journal import Journal
+from torchspine.search.runner import RunnerConfig, run_search
+from torchspine.search.space import search_space
+from torchspine.search.strategy import create_strategy
+from torchspine.search.surrogate import SurrogateReward
+from torchspine.specs import SpineNetSpec
+
+
+def test_journal_tolerates_a_truncated_last_line(tmp_path):
+    j = Journal(tmp_path / "j.jsonl")
+    j.finish(0, status="ok", reward=0.5, genome="g", decisions=[1], start_time=1.0, end_time=2.0)
+    with open(j.path, "a") as f:
+        f.write('{"event": "finish", "trial_id": 1, "sta')  # a kill mid-write
+    assert sorted(j.finished()) == [0]
+    j.finish(2, status="failed", reward=float("nan"), genome="g", decisions=[1], start_time=1.0, end_time=3.0)
+    assert sorted(j.finished()) == [0, 2]  # the cut line was dropped, the next one is whole
+    assert len(j.path.read_text().splitlines()) == 2
+    assert j.finished()[0].duration_s == pytest.approx(1.0)
+    lines = j.path.read_text().splitlines()
+    lines.insert(1, "garbage")
+    j.path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        j.events()
+
+
+@dataclass(frozen=True)
+class FlakyReward:
+    """Surrogate reward that crashes on some trials and returns NaN on others."""
+
+    def __call__(self, spec: SpineNetSpec) -> float:
+        tid = int(spec.name.removeprefix("trial")) if spec.name.startswith("trial") else -1
+        if tid % 5 == 1:
+            raise RuntimeError("simulated trial crash")
+        if tid % 5 == 2:
+            return float("nan")
+        return SurrogateReward()(spec)
+
+
+def test_failed_trials_are_recorded_and_search_continues(tmp_path):
+    st = create_strategy("evolution", search_space("spinenet49"), seed=0, population_size=4, sample_size=2)
+    res = run_search(st, _NamedReward(FlakyReward()), RunnerConfig(out_dir=str(tmp_path), trials=10, executor="local"))
+    status = {r.trial_id: r.status for r in res.records}
+    assert len(status) == 10
+    assert [t for t, s in status.items() if s == "failed"] == [1, 2, 6, 7]
+    errors = {r.trial_id: r.error for r in res.records if not r.ok}
+    assert "simulated trial crash" in errors[1] and "nan" in errors[2]
+    best = SpineNetSpec.load(str(tmp_path / "best.json"))
+    assert best.blocks == SpineNetSpec.from_genome(res.best[0].genome).blocks
+    assert (tmp_path / "rewards.png").stat().st_size > 1000
+    rows = json.loads((tmp_path / "best_specs.json").read_text())
+    assert [r["reward"] for r in rows] == sorted((r["reward"] for r in rows), reverse=True)
+
+
+@dataclass(frozen=True)
+class _NamedReward:
+    """Passes the trial name through (``evaluate_trial`` rebuilds the spec from its dict)."""
+
+    inner: object
+
+    def __call__(self, spec: SpineNetSpec) -> float:
+        return self.inner(spec)
+
+
+_KILL_SCRIPT = r"""
+import sys, time
+from dataclasses import dataclass
+from torchspine.search.runner import RunnerConfig, run_search
+from torchspine.search.space import search_space
+from torchspine.search.strategy import create_strategy
+from torchspine.search.surrogate import SurrogateReward
+
+@dataclass(frozen=True)
+class Slow:
+    def __call__(self, spec):
+        time.sleep(0.4)
+        return SurrogateReward()(spec)
+
+st = create_strategy(sys.argv[2], search_space("r0_sp53_plus"), seed=1)
+run_search(st, Slow(), RunnerConfig(out_dir=sys.argv[1], trials=12, executor="local"),
+           search_config={"reward": "surrogate"})
+"""
+
+
+@pytest.mark.parametrize("name", ["rl", "evolution"])
+def test_resume_after_kill_redoes_nothing_and_loses_nothing(tmp_path, name):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(out), name], env=env)
+    journal = Journal(out / "journal.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(journal.finished() if journal.path.exists() else {}) < 4:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = journal.finished()
+    assert 4 <= len(before) < 12
+    started_before = [e["trial_id"] for e in journal.events() if e["event"] == "start"]
+
+    st = create_strategy(name, search_space("r0_sp53_plus"), seed=1)
+    res = run_search(st, SurrogateReward(), RunnerConfig(out_dir=str(out), trials=12, executor="local"),
+                     search_config={"reward": "surrogate"})
+    after = journal.finished()
+    assert sorted(after) == list(range(12)) and len(res.records) == 12
+    for tid, rec in before.items():  # completed trials kept as they were
+        assert after[tid].reward == rec.reward and after[tid].genome == rec.genome
+    starts = [e["trial_id"] for e in journal.events() if e["event"] == "start"]
+    for tid in before:  # and never started again
+        assert starts.count(tid) == 1
+    # Only a trial in flight at the kill may start twice, under the same id and genome.
+    rerun = [t for t in set(starts) if starts.count(t) > 1]
+    assert len(rerun) <= 1 and all(t in started_before and t not in before for t in rerun)
+    finishes = [e["trial_id"] for e in journal.events() if e["event"] == "finish"]
+    assert len(finishes) == len(set(finishes)) == 12
+    # A different strategy in the same directory is refused.
+    with pytest.raises(ValueError, match="different strategy"):
+        run_search(create_strategy("random", search_space("r0_sp53_plus"), seed=1), SurrogateReward(),
+                   RunnerConfig(out_dir=str(out), trials=12, executor="local"), search_config={"reward": "surrogate"})
+
+
+def test_ray_run_on_local_cpus(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # The reward classes of this test module travel by value (Ray workers cannot import tests/).
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    st = create_strategy("rl", search_space("spinenet49"), seed=0, hidden_size=16)
+    try:
+        res = run_search(st, _NamedReward(FlakyReward()),
+                         RunnerConfig(out_dir=str(tmp_path), trials=6, parallel=2, executor="ray",
+                                      cpus_per_trial=1, object_store_memory=80 * 1024 * 1024))
+        assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"  # loopback only
+    finally:
+        ray.shutdown()
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    status = {r.trial_id: r.status for r in res.records}
+    assert sorted(status) == list(range(6))
+    assert [t for t, s in status.items() if s == "failed"] == [1, 2]
+    ok = [r for r in res.records if r.ok]
+    assert all(r.reward == pytest.approx(SurrogateReward()(SpineNetSpec.from_genome(r.genome))) for r in ok)
