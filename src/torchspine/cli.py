@@ -17,6 +17,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("demo", "torchspine.commands.demo", "run the built-in end-to-end demo"),
     ("profile", "torchspine.commands.profile", "parameters and multiply-adds beside the published figures"),
     ("predict", "torchspine.commands.predict", "detect objects in images: drawn images + COCO-format JSON"),
+    ("convert", "torchspine.commands.convert", "official TensorFlow checkpoint -> torchspine safetensors"),
 ]
 
 
