@@ -78,7 +78,8 @@ class SpineNetRetinaNet(RetinaNet):
 
     Args:
         backbone: a SpineNet.
-        num_classes: classifier outputs (91 for COCO category ids 1..90, like the official code).
+        num_classes: classifier outputs (91 for COCO category ids 1..90, like the official code);
+            class 0 is background and never reported.
         image_size: target long side; images are resized and padded per ``resize_mode``.
         head_num_filters, head_num_convs: head tower width and depth.
         anchor_size, num_scales, aspect_ratios: anchor settings.
@@ -134,6 +135,17 @@ class SpineNetRetinaNet(RetinaNet):
         self.transform = DetectionTransform(image_size, resize_mode=resize_mode)
         self.num_classes = num_classes
         self.image_size = int(image_size)
+
+    def postprocess_detections(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
+                               image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """torchvision's post-processing, except that class 0 (background, as in the official
+        code, where COCO ids start at 1) is never reported."""
+        logits = []
+        for level in head_outputs["cls_logits"]:  # (N, HWA, C) per level
+            level = level.clone()
+            level[..., 0] = float("-inf")
+            logits.append(level)
+        return super().postprocess_detections({**head_outputs, "cls_logits": logits}, anchors, image_shapes)
 
     def forward_dense(self, x: Tensor) -> dict[str, Tensor]:
         """Backbone + head on an already normalised batch ``(N, 3, H, W)``: raw head outputs
