@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from torchspine.data.checks import check_coco, enforce
@@ -161,10 +160,3 @@ def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict[str, A
     """Lists of images and targets (torchvision detection input); drops corrupt samples."""
     batch = [b for b in batch if b is not None]
     return [b[0] for b in batch], [b[1] for b in batch]
-
-
-def to_coco_rle(mask: np.ndarray) -> dict:
-    """Binary ``H x W`` mask -> COCO RLE with a str ``counts`` (JSON-serialisable)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle

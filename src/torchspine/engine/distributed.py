@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "AllReduceBatchNorm2d", "convert_batchnorm",
-           "is_main_process", "all_reduce_mean"]
+           "is_main_process", "all_reduce_mean", "globalize_loss_normalizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,3 +121,31 @@ def _swap_bn(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         setattr(module, name, _swap_bn(child))
     return module
+
+
+def globalize_loss_normalizer(model: nn.Module) -> bool:
+    """Make a RetinaNet head normalise its losses by the positives of the *global* batch.
+
+    The official loss divides by the number of positive anchors + 1 of each replica's batch
+    (reference section 8), so N processes would not compute the same function as one process
+    with the same global batch. Wrapping ``head.compute_loss`` (an instance attribute; the
+    model's code is unchanged) rescales each process's loss by
+    ``world * (local_pos + 1) / (global_pos + 1)``: after DDP's gradient average, that is the
+    gradient of the single-process loss. Returns whether a head was wrapped.
+    """
+    head = getattr(model, "head", None)
+    original = getattr(head, "compute_loss", None)
+    if original is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return False
+    world = dist.get_world_size()
+
+    def compute_loss(targets, head_outputs, anchors, matched_idxs):  # noqa: ANN001, ANN202 - torchvision signature
+        losses = original(targets, head_outputs, anchors, matched_idxs)
+        local = torch.tensor([float(sum(int((m >= 0).sum()) for m in matched_idxs))])
+        total = local.clone()
+        dist.all_reduce(total)
+        scale = world * (float(local) + 1.0) / (float(total) + 1.0)
+        return {k: v * scale for k, v in losses.items()}
+
+    head.compute_loss = compute_loss
+    return True

@@ -13,15 +13,15 @@ import logging
 import time
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
 
-from torchspine.data.coco import CocoDetection, collate_detection, to_coco_rle
+from torchspine.data.coco import CocoDetection, collate_detection
+from torchspine.inference import to_coco_results
 
-__all__ = ["STAT_NAMES", "coco_metrics", "predictions_to_coco", "evaluate_coco", "format_table"]
+__all__ = ["STAT_NAMES", "coco_metrics", "evaluate_coco", "format_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,27 +47,6 @@ def coco_metrics(coco_gt: COCO, results: list[dict], *, iou_type: str = "bbox",
         ev.summarize()
     # pycocotools reports -1 where a size range has no ground truth; keep its convention.
     return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
-
-
-def predictions_to_coco(image_id: int, pred: dict[str, torch.Tensor], *, with_masks: bool = False,
-                        mask_threshold: float = 0.5) -> tuple[list[dict], list[dict]]:
-    """One image's torchvision predictions -> COCO box results (xywh) and mask results (RLE).
-
-    Labels are COCO category ids (see :mod:`torchspine.data.coco`)."""
-    boxes = pred["boxes"].detach().float().cpu()
-    scores = pred["scores"].detach().float().cpu().tolist()
-    labels = pred["labels"].detach().cpu().tolist()
-    xywh = boxes.clone()
-    xywh[:, 2:] -= xywh[:, :2]
-    box_res = [{"image_id": int(image_id), "category_id": int(c), "bbox": [round(float(v), 3) for v in b],
-                "score": float(s)} for b, s, c in zip(xywh.tolist(), scores, labels)]
-    mask_res: list[dict] = []
-    if with_masks and "masks" in pred:
-        masks = (pred["masks"].detach().cpu()[:, 0] > mask_threshold).numpy().astype(np.uint8)  # (N,1,H,W) -> (N,H,W)
-        for m, s, c in zip(masks, scores, labels):
-            mask_res.append({"image_id": int(image_id), "category_id": int(c), "segmentation": to_coco_rle(m),
-                             "score": float(s)})
-    return box_res, mask_res
 
 
 @torch.no_grad()
@@ -109,10 +88,13 @@ def evaluate_coco(model: nn.Module, data: CocoDetection | Iterable, *, coco_gt: 
             break
         outputs = model([im.to(device) for im in images])
         for t, out in zip(targets, outputs):
-            use_masks = ("masks" in out) if with_masks is None else with_masks
-            b, m = predictions_to_coco(t["image_id"], out, with_masks=use_masks)
-            boxes += b
-            masks += m
+            out = {k: v.detach().cpu() for k, v in out.items()}
+            if with_masks is False:
+                out.pop("masks", None)
+            for r in to_coco_results(out, t["image_id"]):
+                boxes.append({k: v for k, v in r.items() if k != "segmentation"})
+                if "segmentation" in r:
+                    masks.append(r)
             image_ids.append(int(t["image_id"]))
     seconds = time.perf_counter() - start
     model.train(was_training)

@@ -33,7 +33,8 @@ from torchspine.data.transforms import build_eval_transforms, build_train_transf
 from torchspine.engine.build import add_dropblock, build_model
 from torchspine.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights, unwrap
 from torchspine.engine.config import TrainConfig
-from torchspine.engine.distributed import DistInfo, all_reduce_mean, cleanup_distributed, convert_batchnorm, init_distributed
+from torchspine.engine.distributed import (DistInfo, all_reduce_mean, cleanup_distributed, convert_batchnorm,
+                                           globalize_loss_normalizer, init_distributed)
 from torchspine.engine.evaluate import evaluate_coco, format_table
 from torchspine.engine.optim import build_ema, build_optimizer, build_scheduler, scale_lr
 from torchspine.engine.plots import plot_curves
@@ -177,6 +178,8 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
         n = add_dropblock(model, block_size=cfg.dropblock_size, keep_prob=cfg.dropblock_keep_prob)
         logger.info("DropBlock(size %d, keep %.2f) after %d BN layers", cfg.dropblock_size, cfg.dropblock_keep_prob, n)
     model = convert_batchnorm(model, device=device, world_size=info.world_size, mode=cfg.sync_bn)
+    if info.distributed and globalize_loss_normalizer(model):
+        logger.info("loss normalised by the positives of the global batch (DDP == one process)")
     model.to(device)
     ddp_model: nn.Module = model
     if info.distributed:
@@ -285,6 +288,8 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
                 if step % cfg.log_interval == 0 or step == total_steps:
                     rec = {"step": step, "loss": interval_loss / interval_n, "lr": lr, "img_per_s": ips}
                     history.append(rec)
+                    if not (cfg.progress and info.is_main):
+                        logger.info("step %d/%d loss %.4f lr %.3g %.1f img/s", step, total_steps, rec["loss"], lr, ips)
                     interval_loss, interval_n = 0.0, 0
                     if writer is not None:
                         writer.add_scalar("train/loss", rec["loss"], step)

@@ -1,0 +1,81 @@
+"""``torchspine eval``: COCO AP / AP50 / AP75 / APs / APm / APl (box, and mask for Mask
+R-CNN) of trained weights, with pycocotools; prints the table and writes JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from torchspine.utils import atomic_write_text
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?", help="a training output folder (config.json + model.safetensors)")
+    p.add_argument("--weights", help="weights file (safetensors or checkpoint.pt); default RUN/model.safetensors")
+    p.add_argument("--model", help="detector name (default: from RUN/config.json)")
+    p.add_argument("--model-overrides", default=None, help='JSON, e.g. \'{"filter_size_scale": 0.25}\'')
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--ann", help="COCO annotation JSON (default: the run's validation set, else the built-in one)")
+    p.add_argument("--images", help="image folder for --ann")
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", dest="json_out", help="write the metrics here (default RUN/eval.json or eval.json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from torchspine.data.coco import CocoDetection
+    from torchspine.data.synth import ensure_synth
+    from torchspine.engine.build import build_model
+    from torchspine.engine.evaluate import evaluate_coco, format_table
+    from torchspine.engine.trainer import resolve_device
+    from torchspine.inference import load_weights
+
+    cfg: dict = {}
+    if args.run:
+        cfg_path = Path(args.run) / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{cfg_path} not found: is {args.run!r} a training output folder?")
+        cfg = json.loads(cfg_path.read_text())
+    name = args.model or cfg.get("model")
+    if not name:
+        raise ValueError("give a training output folder or --model")
+    overrides = dict(cfg.get("model_overrides") or {})
+    if args.model_overrides:
+        try:
+            overrides.update(json.loads(args.model_overrides))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--model-overrides is not valid JSON: {e}") from e
+    if cfg.get("stochastic_depth_rate") is not None:
+        overrides.setdefault("stochastic_depth_rate", cfg["stochastic_depth_rate"])
+    image_size = args.image_size or cfg.get("image_size") or 640
+    weights = args.weights or (str(Path(args.run) / "model.safetensors") if args.run else None)
+    if not weights:
+        raise ValueError("give --weights (or a training output folder)")
+    if args.ann:
+        if not args.images:
+            raise ValueError("--ann needs --images")
+        ann, images = args.ann, args.images
+    elif cfg.get("val_ann"):
+        ann, images = cfg["val_ann"], cfg["val_images"]
+    else:
+        synth = ensure_synth()
+        ann, images = synth["val_ann"], synth["val_images"]
+    with_masks = name.startswith("maskrcnn")
+    dataset = CocoDetection(ann, images, with_masks=with_masks)
+    model = build_model(name, num_classes=dataset.num_classes, image_size=image_size, overrides=overrides)
+    load_weights(model, weights)
+    device = resolve_device(args.device)
+    model.to(device)
+    metrics = evaluate_coco(model, dataset, device=device, batch_size=args.batch_size, max_images=args.max_images,
+                            with_masks=with_masks or None, progress=True)
+    print(format_table(metrics))
+    out = args.json_out or (str(Path(args.run) / "eval.json") if args.run else "eval.json")
+    atomic_write_text(out, json.dumps({"model": name, "weights": str(weights), "annotations": str(ann),
+                                       **metrics}, indent=2))
+    print(f"metrics written to {out}")
+    del torch
+    return 0
