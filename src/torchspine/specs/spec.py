@@ -256,10 +256,16 @@ class SpineNetSpec:
             fail(f"min_level {self.min_level} / max_level {self.max_level} must satisfy "
                  f"{MIN_SUPPORTED_LEVEL} <= min_level <= max_level <= {MAX_SUPPORTED_LEVEL}")
         base = dict(self.filter_size_map)
-        levels_used = set(self.stem.block_levels) | {b.level for b in self.blocks}
+        # Out-of-range block levels are reported below, naming the block.
+        levels_used = set(self.stem.block_levels) | {
+            b.level for b in self.blocks
+            if isinstance(b.level, int) and MIN_SUPPORTED_LEVEL <= b.level <= MAX_SUPPORTED_LEVEL
+        }
         for lvl in sorted(levels_used):
             if lvl not in base:
-                fail(f"filter_size_map has no entry for level {lvl}")
+                users = [i for i, b in enumerate(self.blocks) if b.level == lvl]
+                who = f"block {users[0]} (level {lvl})" if users else f"stem level {lvl}"
+                fail(f"{who}: filter_size_map has no entry for level {lvl}")
             if int(base[lvl] * sc.filter_size_scale) < 1:
                 fail(f"level {lvl}: filter_size_scale {sc.filter_size_scale} leaves "
                      f"int({base[lvl]} * {sc.filter_size_scale}) = 0 filters")
