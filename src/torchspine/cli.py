@@ -15,6 +15,9 @@ import sys
 # (name, module, one-line help). Modules are imported only when their command runs.
 COMMANDS: list[tuple[str, str, str]] = [
     ("demo", "torchspine.commands.demo", "run the built-in end-to-end demo"),
+    ("train", "torchspine.commands.train", "train a detector (recipes, DDP via torchrun, --resume)"),
+    ("eval", "torchspine.commands.eval", "COCO AP of trained weights (pycocotools): table + JSON"),
+    ("data", "torchspine.commands.data", "built-in synthetic dataset; check a COCO annotation file"),
     ("profile", "torchspine.commands.profile", "parameters and multiply-adds beside the published figures"),
     ("predict", "torchspine.commands.predict", "detect objects in images: drawn images + COCO-format JSON"),
     ("convert", "torchspine.commands.convert", "official TensorFlow checkpoint -> torchspine safetensors"),
