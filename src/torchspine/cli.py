@@ -21,6 +21,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("profile", "torchspine.commands.profile", "parameters and multiply-adds beside the published figures"),
     ("predict", "torchspine.commands.predict", "detect objects in images: drawn images + COCO-format JSON"),
     ("convert", "torchspine.commands.convert", "official TensorFlow checkpoint -> torchspine safetensors"),
+    ("search", "torchspine.commands.search", "architecture search (RL controller / random / evolution) on Ray"),
 ]
 
 
