@@ -211,6 +211,20 @@ class SpineNetMaskRCNN(MaskRCNN):
         self.transform = DetectionTransform(image_size, resize_mode=resize_mode)
         self.num_classes = num_classes
         self.image_size = int(image_size)
+        self._roi_channels = in_channels
+
+    def forward_dense(self, x: Tensor, *, num_proposals: int = 1000, num_detections: int = 100) -> dict[str, Tensor]:
+        """The network's dense work without sampling or NMS, for multiply-add counting: backbone,
+        RPN head, box head on ``num_proposals`` RoIs (paper Table 5: 1000 proposals) and mask head
+        on ``num_detections`` RoIs (placeholder RoI features; the RoIAlign itself has no MACs)."""
+        features = self.backbone(x)
+        objectness, deltas = self.rpn.head(list(features.values()))
+        c = self._roi_channels
+        box_feats = x.new_zeros((num_proposals, c, 7, 7))
+        scores, boxes = self.roi_heads.box_predictor(self.roi_heads.box_head(box_feats))
+        mask_feats = x.new_zeros((num_detections, c, 14, 14))
+        masks = self.roi_heads.mask_predictor(self.roi_heads.mask_head(mask_feats))
+        return {"objectness": objectness[0], "scores": scores, "boxes": boxes, "masks": masks}
 
 
 def _maskrcnn(model_id: str, **kwargs: Any) -> SpineNetMaskRCNN:
