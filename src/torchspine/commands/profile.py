@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=None,
                    help="square input size (default: each model's published size, e.g. 640 for 49)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the rows as JSON to this file")
+    p.add_argument("--detectors", action="store_true",
+                   help="profile the RetinaNet and Mask R-CNN detectors (49S..190) beside their published figures")
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -33,7 +35,9 @@ def _fmt_m(x: int | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = args.models or list(DEFAULT_MODELS)
+    names = list(args.models) or ([] if getattr(args, "detectors", False) else list(DEFAULT_MODELS))
+    if getattr(args, "detectors", False):
+        names += [f"{kind}_spinenet{i}" for kind in ("retinanet", "maskrcnn") for i in ("49s", "49", "96", "143", "190")]
     rows = []
     known = set(list_models())
     for name in names:
@@ -67,9 +71,16 @@ def run(args: argparse.Namespace) -> int:
         if row["official_macs_profiler_b"] is not None:
             print(f"  {'MACs, official tf.profiler':28s} {'':>16s} {_fmt_b(row['official_macs_profiler_b']):>16s} "
                   f"{_ratio(row['macs_b'], row['official_macs_profiler_b']):>8s}")
+            if prof.macs_elementwise is not None:
+                row["macs_elementwise_b"] = prof.macs_elementwise / 1e9
+                print(f"  {'MACs, + BN/act elementwise':28s} {_fmt_b(row['macs_elementwise_b']):>16s} "
+                      f"{_fmt_b(row['official_macs_profiler_b']):>16s} "
+                      f"{_ratio(row['macs_elementwise_b'], row['official_macs_profiler_b']):>8s}")
         if row["paper_params_m"] is not None or row["paper_macs_b"] is not None:
             pp = f"{row['paper_params_m']}M" if row["paper_params_m"] is not None else "-"
             print(f"  {'paper copy (params / MACs)':28s} {'':>16s} {pp + ' / ' + _fmt_b(row['paper_macs_b']):>16s}")
+        if pub is not None and pub.source and name.split("_")[0] in ("retinanet", "maskrcnn"):
+            print(f"  source: {pub.source}")
     if args.json_out:
         from torchspine.utils import atomic_write_text
 

@@ -106,6 +106,31 @@ PUBLISHED: dict[str, Published] = {
     "spinenet96_cls": Published(36_519_976, None, 5.7, 38.9, 6.6, size=224, source="TPU ImageNet zoo; paper Table 6"),
     "spinenet143_cls": Published(60_504_616, None, 9.1, 60.5, 9.7, size=224, source="TPU ImageNet zoo; paper Table 6"),
     "spinenet190_cls": Published(127_100_664, None, 19.1, None, None, size=224, source="TPU ImageNet zoo"),
+    # Detectors, 91 classes (issue #3). params: official exact trainable counts; macs_conv: conv-only
+    # count from the TPU code (reference §9); macs_official: the official tf.profiler totals (issue #3);
+    # paper_*: the paper copy's Table 2 (RetinaNet) / Table 5 (Mask R-CNN), an earlier revision whose
+    # numbers no official configuration reproduces (see docs/detection.md).
+    "retinanet_spinenet49s": Published(11_265_942, 30.78, None, 16.3, 44.7, size=640,
+                                       source="TPU code (zoo 11.9M / 33.8B not reproducible, ref §9); paper Table 2"),
+    "retinanet_spinenet49": Published(28_543_383, 85.28, 85.57, 30.9, 92.8, size=640,
+                                      source="TPU code + tf.profiler; paper Table 2"),
+    "retinanet_spinenet96": Published(42_974_871, 265.02, 266.05, 45.3, 283.8, size=1024,
+                                      source="TPU code + tf.profiler; paper Table 2"),
+    "retinanet_spinenet143": Published(66_959_511, 523.34, 525.49, 66.9, 544.5, size=1280,
+                                       source="TPU code + tf.profiler; paper Table 2"),
+    "retinanet_spinenet190": Published(163_637_351, 1881.66, 1885.42, None, None, size=1280,
+                                       source="TPU code + tf.profiler (190 is not in the paper copy's Table 2)"),
+    # Mask R-CNN: MACs with 1000 proposals and 100 masks; official = TPU MODEL_ZOO (reference §8).
+    "maskrcnn_spinenet49s": Published(None, None, None, 19.2, 82.5, size=640,
+                                      source="no official figures; paper Table 5"),
+    "maskrcnn_spinenet49": Published(40_753_521, None, 215.7, 43.6, 225.0, size=640,
+                                     source="TPU MODEL_ZOO; paper Table 5"),
+    "maskrcnn_spinenet96": Published(55_185_009, None, 314.6, 57.5, 325.0, size=1024,
+                                     source="TPU MODEL_ZOO; paper Table 5"),
+    "maskrcnn_spinenet143": Published(79_169_649, None, 498.4, 79.1, 518.8, size=1280,
+                                      source="TPU MODEL_ZOO; paper Table 5"),
+    "maskrcnn_spinenet190": Published(None, None, 1685.7, None, None, size=1536,
+                                      source="TPU MODEL_ZOO 168.2M / 1685.7B (layout not reproduced, see docs/detection.md)"),
 }
 
 
@@ -117,13 +142,17 @@ class ModelProfile:
     macs: int
     backbone_params: int | None = None
     backbone_macs: int | None = None
+    macs_elementwise: int | None = None  # conv + linear + one op per BN / activation output
 
 
 def _backbone_part(model: nn.Module) -> nn.Module | None:
-    """The backbone without endpoints, if ``model`` is a SpineNet backbone."""
+    """The SpineNet inside ``model``: the model itself, or a detector's ``backbone``."""
     from torchspine.models.backbone import SpineNet
 
-    return model if isinstance(model, SpineNet) else None
+    if isinstance(model, SpineNet):
+        return model
+    inner = getattr(model, "backbone", None)
+    return inner if isinstance(inner, SpineNet) else None
 
 
 def profile_model(model: nn.Module, name: str, size: int | tuple[int, int] = 640) -> ModelProfile:
@@ -140,10 +169,13 @@ def profile_model(model: nn.Module, name: str, size: int | tuple[int, int] = 640
     meta.eval()
     x = torch.empty(1, 3, h, w, device="meta")
     params = count_params(meta)
-    macs = count_macs(meta, x)
+    # Detectors count their dense network (backbone + heads, no pre/post-processing) via forward_dense.
+    dense = getattr(meta, "forward_dense", None)
+    macs = count_macs(meta, x, forward=dense)
+    macs_elem = count_macs(meta, x, forward=dense, elementwise=True)
     bb = _backbone_part(meta)
     bb_params = bb_macs = None
     if bb is not None:
-        bb_params = params - count_params(bb.endpoints)
+        bb_params = count_params(bb) - count_params(bb.endpoints)
         bb_macs = count_macs(bb, x, forward=lambda t: bb.forward_features(t))
-    return ModelProfile(name, (h, w), params, macs, bb_params, bb_macs)
+    return ModelProfile(name, (h, w), params, macs, bb_params, bb_macs, macs_elem)
