@@ -124,6 +124,10 @@ class SpineNetClassifier(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+# BatchNorm of the official ImageNet configs (tensorflow/tpu classification yamls).
+CLASSIFIER_NORM = {"momentum": 0.9, "epsilon": 1e-5}
+
+
 def _split_classifier_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
     return {k: kw.pop(k) for k in ("num_classes", "feature_combination", "level", "drop_rate") if k in kw}
 
@@ -132,8 +136,13 @@ def build_classifier(backbone: str | SpineNetSpec | nn.Module, **kwargs: Any) ->
     """A classifier on a registered backbone name, a spec, or a backbone module.
 
     Keywords ``num_classes``, ``feature_combination``, ``level``, ``drop_rate`` go to the
-    classifier; the rest are backbone overrides (spec fields)."""
+    classifier; the rest are backbone overrides (spec fields). Unless given, BatchNorm uses the
+    official classification settings (:data:`CLASSIFIER_NORM`)."""
     cls_kw = _split_classifier_kwargs(kwargs)
+    if not isinstance(backbone, nn.Module) and not {"norm", "momentum", "epsilon"} & set(kwargs):
+        # Official classification configs use BN momentum 0.9 / epsilon 1e-5 (reference section 7),
+        # not the detectors' 0.997 / 1e-4 (whose running statistics barely move in a short run).
+        kwargs.update(CLASSIFIER_NORM)
     if isinstance(backbone, SpineNetSpec):
         net: nn.Module = SpineNet(backbone.replace(**kwargs) if kwargs else backbone)
     elif isinstance(backbone, str):
