@@ -19,6 +19,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("eval", "torchspine.commands.eval", "COCO AP of trained weights (pycocotools): table + JSON"),
     ("data", "torchspine.commands.data", "built-in synthetic dataset; check a COCO annotation file"),
     ("profile", "torchspine.commands.profile", "parameters and multiply-adds beside the published figures"),
+    ("classify", "torchspine.commands.classify", "image classification: built-in data, train, top-1/top-5 eval"),
     ("predict", "torchspine.commands.predict", "detect objects in images: drawn images + COCO-format JSON"),
     ("convert", "torchspine.commands.convert", "official TensorFlow checkpoint -> torchspine safetensors"),
     ("search", "torchspine.commands.search", "architecture search (RL controller / random / evolution) on Ray"),
