@@ -62,6 +62,7 @@ __all__ = [
     "CODEBASE_DEFAULTS",
     "ConversionResult",
     "convert_checkpoint",
+    "build_converted",
     "load_converted",
     "read_tf_checkpoint",
     "save_converted",
@@ -311,12 +312,14 @@ class _Transfer:
         self.used.add(name)
         return self.tf_vars[name]
 
-    def _put(self, key: str, value: np.ndarray | None, src: str) -> None:
+    def _put(self, key: str, value: np.ndarray | None, src: str, tf_shape: tuple[int, ...] | None = None) -> None:
         if value is None:
             return
         want = tuple(self.expected[key])
         if tuple(value.shape) != want:
-            self.mismatched.append(f"{src} {list(value.shape)} -> {key} expects {list(want)}")
+            shown = list(tf_shape) if tf_shape is not None else list(value.shape)
+            as_torch = f" (torch layout {list(value.shape)})" if tf_shape is not None else ""
+            self.mismatched.append(f"{src} {shown}{as_torch} -> {key} expects {list(want)}")
             return
         # float64 checkpoints keep their precision (load_state_dict casts to the model dtype)
         dtype = np.float64 if value.dtype == np.float64 else np.float32
@@ -326,12 +329,10 @@ class _Transfer:
         mod = self.modules[path]
         assert isinstance(mod, nn.Conv2d)
         depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
-        if depthwise:
-            k = self._take(prefix + "depthwise_kernel")
-            self._put(f"{path}.weight", None if k is None else _safe_transpose(k, (2, 3, 0, 1)), prefix + "depthwise_kernel")
-        else:
-            k = self._take(prefix + "kernel")
-            self._put(f"{path}.weight", None if k is None else _safe_transpose(k, (3, 2, 0, 1)), prefix + "kernel")
+        name, axes = ("depthwise_kernel", (2, 3, 0, 1)) if depthwise else ("kernel", (3, 2, 0, 1))
+        k = self._take(prefix + name)
+        if k is not None:  # TF HWIO (depthwise HW C 1) -> torch OIHW
+            self._put(f"{path}.weight", _safe_transpose(k, axes), prefix + name, tuple(k.shape))
         if mod.bias is not None:
             self._put(f"{path}.bias", self._take(prefix + "bias"), prefix + "bias")
 
@@ -588,7 +589,20 @@ def load_converted(path: str | os.PathLike, *, map_location: str = "cpu") -> nn.
         meta = f.metadata() or {}
     if meta.get("format") != "torchspine.converted/1":
         raise ValueError(f"{path}: not a torchspine converted checkpoint (metadata format={meta.get('format')!r})")
-    model = create_model(meta["model"], **json.loads(meta["overrides"]))
-    model.load_state_dict(load_file(str(path), device=map_location), strict=True)
+    return build_converted(meta["model"], json.loads(meta["overrides"]), load_file(str(path), device=map_location))
+
+
+def build_converted(model_name: str, overrides: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """``create_model(model_name, **overrides)`` holding ``state_dict`` (strict), in eval mode.
+
+    Built on the meta device and filled with ``assign=True``: the random initialisation of a
+    large model would be thrown away anyway.
+    """
+    with torch.device("meta"):
+        model = create_model(model_name, **overrides)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise ValueError(f"converted weights leave {len(leftover)} tensors of {model_name} unset, e.g. {leftover[:3]}")
     return model.eval()
 
