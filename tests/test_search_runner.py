@@ -131,6 +131,7 @@ def test_resume_after_kill_redoes_nothing_and_loses_nothing(tmp_path, name):
                    RunnerConfig(out_dir=str(out), trials=12, executor="local"), search_config={"reward": "surrogate"})
 
 
+@pytest.mark.slow
 def test_ray_run_on_local_cpus(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -150,3 +151,65 @@ def test_ray_run_on_local_cpus(tmp_path, monkeypatch):
     assert [t for t, s in status.items() if s == "failed"] == [1, 2]
     ok = [r for r in res.records if r.ok]
     assert all(r.reward == pytest.approx(SurrogateReward()(SpineNetSpec.from_genome(r.genome))) for r in ok)
+
+
+def test_split_annotations_holds_out_training_images(tmp_path):
+    from torchspine.search.proxy import split_annotations
+
+    data = {"images": [{"id": i, "file_name": f"{i}.png", "width": 8, "height": 8} for i in range(1, 17)],
+            "annotations": [{"id": 100 + i, "image_id": i, "bbox": [0, 0, 2, 2], "category_id": 1,
+                             "area": 4, "iscrowd": 0} for i in range(1, 17)],
+            "categories": [{"id": 1, "name": "a"}]}
+    ann = tmp_path / "train.json"
+    ann.write_text(json.dumps(data))
+    tr, va = split_annotations(ann, tmp_path / "work", val_fraction=0.25, seed=0)
+    t, v = json.loads(tr.read_text()), json.loads(va.read_text())
+    # 16 images x 0.25 = 4 held out; the parts are disjoint and cover the file; annotations follow.
+    ti, vi = {im["id"] for im in t["images"]}, {im["id"] for im in v["images"]}
+    assert len(vi) == 4 and len(ti) == 12 and ti | vi == set(range(1, 17)) and not ti & vi
+    assert {a["image_id"] for a in v["annotations"]} == vi
+    assert split_annotations(ann, tmp_path / "work", val_fraction=0.25, seed=0) == (tr, va)  # reused
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_annotations(ann, tmp_path / "work", val_fraction=1.0)
+
+
+@dataclass(frozen=True)
+class _CrashOnTrial:
+    """The real proxy task, except that one trial crashes (as a failed trial must not stop Ray runs)."""
+
+    inner: object
+    crash_id: int
+
+    def __call__(self, spec: SpineNetSpec) -> dict:
+        if spec.name == f"trial{self.crash_id}":
+            raise RuntimeError("simulated crash inside a Ray worker")
+        return self.inner(spec)
+
+
+def test_ray_run_of_the_real_proxy_task(tmp_path, monkeypatch):
+    """Real proxy-task trials (train + pycocotools AP on a held-out split of the built-in
+    dataset's training images) two at a time on local CPUs, tiny settings; one trial crashes."""
+    ray = pytest.importorskip("ray")
+    from torchspine.search.proxy import ProxyTask
+
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    task = ProxyTask.quick(image_size=64, max_steps=2, batch_size=4, eval_max_images=4, num_threads=1,
+                           work_dir=str(tmp_path / "proxy"))
+    st = create_strategy("random", search_space("spinenet49"), seed=0)
+    try:
+        res = run_search(st, _CrashOnTrial(task, crash_id=2),
+                         RunnerConfig(out_dir=str(tmp_path / "run"), trials=3, parallel=2, executor="ray",
+                                      cpus_per_trial=1, object_store_memory=80 * 1024 * 1024,
+                                      trial_timeout_s=400))
+        assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"  # loopback only
+    finally:
+        ray.shutdown()
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert [r.trial_id for r in res.records] == [0, 1, 2]
+    assert [r.ok for r in res.records] == [True, True, False]
+    assert "simulated crash inside a Ray worker" in res.records[2].error
+    for r in res.records[:2]:
+        assert 0.0 <= r.reward <= 1.0 and r.reward == r.metrics["AP"]
+        assert r.metrics["steps"] == 2
+    assert SpineNetSpec.load(str(tmp_path / "run" / "best.json")).scaling.filter_size_scale == 1.0  # full scale
