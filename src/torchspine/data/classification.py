@@ -6,8 +6,9 @@
 * :func:`image_folder`: torchvision's ``ImageFolder`` on ``root/<split>/<class>/*.png|jpg``.
 * :func:`make_shapes_dataset`: a built-in, tiny, offline classification dataset for tests and
   the demo, written as an image folder: one class per shape (circle, square, triangle, cross,
-  ring, bar...) drawn at a random position, size and colour on a noisy random background, so
-  the label depends on shape only and a model must learn it (chance is ``1 / num_classes``).
+  ring, bar...) drawn at a random position, size and bright colour on a dark random background
+  (optionally rotated, with clutter), so the label depends on shape only and a model must
+  learn it (chance is ``1 / num_classes``).
 """
 
 from __future__ import annotations
@@ -91,22 +92,22 @@ def _draw_shape(draw, shape: str, cx: float, cy: float, r: float, color: tuple[i
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def _render(shape: str, size: int, rng: random.Random):
+def _render(shape: str, size: int, rng: random.Random, *, rotate: bool, clutter: int):
     from PIL import Image, ImageDraw
 
-    bg = tuple(rng.randrange(0, 256) for _ in range(3))
+    # Dark random background, bright random foreground: colour carries no class information,
+    # contrast keeps every shape visible.
+    bg = tuple(rng.randrange(0, 110) for _ in range(3))
     img = Image.new("RGB", (size, size), bg)
     draw = ImageDraw.Draw(img)
-    # Background clutter: a few faint random rectangles, so the class is not the only structure.
-    for _ in range(rng.randrange(0, 3)):
+    for _ in range(clutter):  # optional faint rectangles, so the shape is not the only structure
         x0, y0 = rng.randrange(0, size), rng.randrange(0, size)
-        c = tuple(min(255, max(0, v + rng.randrange(-40, 41))) for v in bg)
+        c = tuple(min(255, v + rng.randrange(10, 40)) for v in bg)
         draw.rectangle([x0, y0, x0 + rng.randrange(2, size // 3), y0 + rng.randrange(2, size // 3)], fill=c)
-    r = rng.uniform(0.18, 0.38) * size
+    r = rng.uniform(0.25, 0.42) * size
     cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
-    # Foreground colour far from the background so every shape is visible.
-    color = tuple((v + rng.randrange(96, 160)) % 256 for v in bg)
-    _draw_shape(draw, shape, cx, cy, r, color, rng.uniform(0, 2 * math.pi))
+    color = tuple(rng.randrange(150, 256) for _ in range(3))
+    _draw_shape(draw, shape, cx, cy, r, color, rng.uniform(0, 2 * math.pi) if rotate else 0.0)
     return img
 
 
@@ -118,11 +119,15 @@ def make_shapes_dataset(
     val_per_class: int = 16,
     image_size: int = 64,
     seed: int = 0,
+    rotate: bool = False,
+    clutter: int = 0,
 ) -> dict[str, int]:
     """Write the built-in shapes dataset as ``root/{train,val}/<shape>/<index>.png``.
 
-    Deterministic for a given ``seed``. Returns the number of images per split. Each file is
-    written atomically; an existing dataset is overwritten file by file.
+    Deterministic for a given ``seed``. ``rotate`` draws shapes at random angles and ``clutter``
+    adds that many faint background rectangles (both make the task harder). Returns the number
+    of images per split. Each file is written atomically; an existing dataset is overwritten
+    file by file.
     """
     if not 2 <= num_classes <= len(SHAPES):
         raise ValueError(f"num_classes must be in [2, {len(SHAPES)}], got {num_classes}")
@@ -137,7 +142,7 @@ def make_shapes_dataset(
             folder = Path(root) / split / shape
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                img = _render(shape, image_size, rng)
+                img = _render(shape, image_size, rng, rotate=rotate, clutter=clutter)
                 atomic_write(folder / f"{i:05d}.png", lambda tmp, img=img: img.save(tmp, format="PNG"))
         counts[split] = n * num_classes
     logger.info("shapes dataset: %s at %s", counts, root)
