@@ -75,7 +75,6 @@ class Setting:
 
 
 def settings(compile_: bool) -> list[Setting]:
-    freeze = {"options": {"freezing": True}}
     s = [
         Setting("eager", lambda m: m, channels_last=False, inference=False),
         Setting("inference_mode", lambda m: m, channels_last=False),
@@ -83,14 +82,13 @@ def settings(compile_: bool) -> list[Setting]:
         Setting("fold_bn", lambda m: optimize_for_inference(m), channels_last=True),
     ]
     if compile_:
-        s.append(Setting("compile", lambda m: optimize_for_inference(m, compile=True, compile_options=freeze),
+        s.append(Setting("compile", lambda m: optimize_for_inference(m, compile=True),
                          channels_last=True))
     s.append(Setting("bf16", lambda m: optimize_for_inference(m, dtype=torch.bfloat16), channels_last=True,
                      dtype=torch.bfloat16))
     if compile_:
         s.append(Setting("bf16_compile",
-                         lambda m: optimize_for_inference(m, dtype=torch.bfloat16, compile=True,
-                                                          compile_options=freeze),
+                         lambda m: optimize_for_inference(m, dtype=torch.bfloat16, compile=True),
                          channels_last=True, dtype=torch.bfloat16))
     return s
 

@@ -101,3 +101,18 @@ def test_fold_needs_eval_mode() -> None:
     model = torchspine.create_model("spinenet49", filter_size_scale=0.125, endpoints_num_filters=8)
     with pytest.raises(ValueError, match="eval"):
         fold_batch_norms_(model)
+
+
+@pytest.mark.slow
+def test_compiled_with_freezing_matches_original() -> None:
+    """torch.compile + Inductor freezing (about 30 s of compiling on 2 cores: marked slow)."""
+    torch.manual_seed(0)
+    model = torchspine.create_model("spinenet49", filter_size_scale=0.25, endpoints_num_filters=16).eval()
+    _randomize_bn_(model)
+    x = torch.randn(1, 3, 96, 130)
+    with torch.no_grad():
+        ref = model(x)
+    opt = optimize_for_inference(model, compile=True)
+    with torch.inference_mode():
+        out = opt(x.to(memory_format=torch.channels_last))
+    assert _max_rel_err(out, ref) < 1e-4

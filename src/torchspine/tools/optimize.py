@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["fold_batch_norms_", "optimize_for_inference"]
+__all__ = ["FrozenCompiled", "fold_batch_norms_", "optimize_for_inference"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,31 @@ def fold_batch_norms_(model: nn.Module) -> int:
     return count
 
 
+class FrozenCompiled(nn.Module):
+    """``torch.compile`` of a module with Inductor *freezing* on while it compiles and runs.
+
+    Freezing turns the weights into constants, so Inductor can pre-pack them for oneDNN and
+    fuse conv + activation and conv + add + activation (``mkldnn._convolution_pointwise``).
+    It is a global Inductor setting (passing ``options={"freezing": True}`` to
+    ``torch.compile`` does not reach the oneDNN passes in torch 2.14: the convs then fall back
+    to the slow ``thnn_conv2d``), so every call, which may recompile for a new input shape,
+    runs under ``torch._inductor.config.patch(freezing=True)``. Frozen weights are captured at
+    the first call per shape: later changes to the parameters are not seen. Freezing only
+    applies under ``torch.no_grad()`` / ``torch.inference_mode()``.
+    """
+
+    def __init__(self, module: nn.Module, **compile_options: Any) -> None:
+        super().__init__()
+        self.module = module
+        self.compiled = torch.compile(module, **compile_options)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            return self.compiled(*args, **kwargs)
+
+
 def optimize_for_inference(
     model: nn.Module,
     *,
@@ -122,6 +147,7 @@ def optimize_for_inference(
     dtype: torch.dtype | None = None,
     compile: bool = False,
     compile_options: dict[str, Any] | None = None,
+    freeze: bool = True,
 ) -> nn.Module:
     """An equivalent eval-mode copy of ``model`` prepared for fast inference.
 
@@ -136,6 +162,8 @@ def optimize_for_inference(
         compile: wrap the result with :func:`torch.compile` (Inductor, ``dynamic=False``).
             Returns the compiled wrapper; the first call per input shape compiles.
         compile_options: extra keyword arguments for :func:`torch.compile`.
+        freeze: with ``compile``, compile and run with Inductor freezing
+            (:class:`FrozenCompiled`: pre-packed oneDNN weights, fused conv + act / add).
 
     Returns:
         A new module in eval mode with ``requires_grad`` off on every parameter.
@@ -151,7 +179,7 @@ def optimize_for_inference(
     if channels_last:
         out = out.to(memory_format=torch.channels_last)
     if compile:
-        opts = {"dynamic": False}
+        opts: dict[str, Any] = {"dynamic": False}
         opts.update(compile_options or {})
-        out = torch.compile(out, **opts)
+        out = FrozenCompiled(out, **opts) if freeze else torch.compile(out, **opts)
     return out
