@@ -79,3 +79,17 @@ def test_classify_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["classify", "data", str(tmp_path / "d"), "--classes", "2", "--train-per-class", "1",
                  "--val-per-class", "1", "--size", "16"]) == 0
     assert (tmp_path / "d" / "train" / "circle" / "00000.png").is_file()
+
+
+def test_train_and_eval_commands_reach_classification(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, out = tmp_path / "d", tmp_path / "run"
+    make_shapes_dataset(data, num_classes=2, train_per_class=4, val_per_class=2, image_size=32)
+    assert main(["train", "--task", "classify", "--data", str(data), "--epochs", "1", "--batch-size", "4",
+                 "--image-size", "32", "--out", str(out), "--num-workers", "0", "--device", "cpu",
+                 "--set", 'model_overrides={"filter_size_scale": 0.125, "endpoints_num_filters": 8}',
+                 "--set", "warmup_epochs=0"]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "last.pt").is_file()
+    capsys.readouterr()
+    assert main(["eval", "--task", "classify", "--data", str(data), str(out), "--device", "cpu"]) == 0
+    assert "top-1" in capsys.readouterr().out
+    assert main(["train", "--task", "classify"]) == 2  # no --data: a clear error, exit code 2

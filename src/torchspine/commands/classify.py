@@ -108,3 +108,77 @@ def run(args: argparse.Namespace) -> int:
               f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}")
         return 0
     raise ValueError("classify: choose a subcommand: data, train or eval (see `torchspine classify --help`)")
+
+
+# ----------------------------------------------------------------------------------------
+# `torchspine train --task classify` / `torchspine eval --task classify`: the detection
+# commands hand classification runs to the functions below.
+def add_task_arguments(p: argparse.ArgumentParser) -> None:
+    """``--task`` and ``--data`` for the train / eval commands."""
+    p.add_argument("--task", choices=("detect", "classify"), default="detect",
+                   help="detect (default) or classify (image folder; see `torchspine classify --help`)")
+    p.add_argument("--data", help="classify: image-folder root with train/ and val/ (<class>/<image> inside)")
+
+
+def _device(name: str | None) -> str:
+    if name in (None, "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def run_train_task(args: argparse.Namespace) -> int:
+    """``torchspine train --task classify --data DIR [--model spinenet49_cls] [--epochs N] ...``."""
+    from torchspine.engine.classification import ClassifyConfig
+
+    if not getattr(args, "data", None):
+        raise ValueError("train --task classify needs --data DIR (an image folder with train/ and val/)")
+    known = {f for f in ClassifyConfig.__dataclass_fields__}
+    fields: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
+    for key, value in _parse_set(getattr(args, "sets", []) or []).items():
+        if key == "model_overrides":
+            if not isinstance(value, dict):
+                raise ValueError(f"--set model_overrides=...: expected a JSON object, got {value!r}")
+            overrides.update(value)
+        elif key in known and key not in ("data", "model_overrides"):
+            fields[key] = value
+        else:
+            overrides[key] = value
+    for ours, theirs in (("image_size", "image_size"), ("batch_size", "batch_size"), ("base_lr", "lr"),
+                         ("out_dir", "output_dir"), ("workers", "num_workers"), ("seed", "seed")):
+        value = getattr(args, theirs, None)
+        if value is not None:
+            fields[ours] = value
+    if getattr(args, "epochs", None) is not None:
+        fields["epochs"] = int(round(args.epochs))
+    ns = argparse.Namespace(
+        classify_command="train", data=args.data, model=getattr(args, "model", None) or "spinenet49_cls",
+        set=[f"{k}={json.dumps(v)}" for k, v in overrides.items()],
+        out=fields.pop("out_dir", "runs/classify"), image_size=fields.pop("image_size", 224),
+        batch_size=fields.pop("batch_size", 64), epochs=fields.pop("epochs", 90), base_lr=fields.pop("base_lr", 0.1),
+        weight_decay=fields.pop("weight_decay", 1e-4), warmup_epochs=fields.pop("warmup_epochs", 5.0),
+        schedule=fields.pop("schedule", "cosine"), label_smoothing=fields.pop("label_smoothing", 0.0),
+        min_scale=fields.pop("min_scale", 0.08), workers=fields.pop("workers", 2), seed=fields.pop("seed", 0),
+        device=_device(getattr(args, "device", None)), no_resume=not getattr(args, "resume", False),
+    )
+    if fields:
+        raise ValueError(f"train --task classify: cannot set {sorted(fields)} here")
+    return run(ns)
+
+
+def run_eval_task(args: argparse.Namespace) -> int:
+    """``torchspine eval --task classify --data DIR (--weights W | RUN)``: top-1 / top-5."""
+    from pathlib import Path
+
+    if not getattr(args, "data", None):
+        raise ValueError("eval --task classify needs --data DIR (an image folder with a val/ split)")
+    weights = getattr(args, "weights", None) or (str(Path(args.run) / "model.safetensors")
+                                                 if getattr(args, "run", None) else None)
+    if not weights:
+        raise ValueError("eval --task classify needs --weights FILE or a run folder")
+    ns = argparse.Namespace(classify_command="eval", data=args.data, weights=weights, split="val",
+                            batch_size=getattr(args, "batch_size", None) or 64, workers=0,
+                            device=_device(getattr(args, "device", None)))
+    return run(ns)
