@@ -22,9 +22,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", dest="json_out", help="write the metrics here (default RUN/eval.json or eval.json)")
+    from torchspine.commands.classify import add_task_arguments
+
+    add_task_arguments(p)  # --task classify --data DIR: top-1 / top-5 via torchspine.commands.classify
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "task", "detect") == "classify":
+        from torchspine.commands.classify import run_eval_task
+
+        return run_eval_task(args)
     import torch
 
     from torchspine.data.coco import CocoDetection
