@@ -120,6 +120,20 @@ PUBLISHED: dict[str, Published] = {
                                        source="TPU code + tf.profiler; paper Table 2"),
     "retinanet_spinenet190": Published(163_637_351, 1881.66, 1885.42, None, None, size=1280,
                                        source="TPU code + tf.profiler (190 is not in the paper copy's Table 2)"),
+    # SpineNet-Mobile RetinaNet, separable head, 91 classes (issue #6). params / macs_conv: TPU code
+    # (reference §9); macs_official: TPU zoo 1.0B for 49. Paper copy Table 9 rows go with the
+    # *_paper names (its 49XXS / 49XS are the released 49XS / 49S; docs/family.md).
+    "retinanet_spinenet_mobile49": Published(2_337_579, 0.981, 1.0, None, None, size=384, source="TPU code + zoo"),
+    "retinanet_spinenet_mobile49s": Published(1_030_653, 0.496, None, None, None, size=384, source="TPU code"),
+    "retinanet_spinenet_mobile49xs": Published(872_711, 0.166, None, None, None, size=256, source="TPU code"),
+    "retinanet_spinenet_mobile49xxs_paper": Published(872_711, 0.166, None, 0.85, 0.16, size=256,
+                                                      source="= released 49XS; paper Table 9"),
+    "retinanet_spinenet_mobile49xs_paper": Published(1_030_653, 0.496, None, 1.01, 0.52, size=384,
+                                                     source="= released 49S; paper Table 9"),
+    "retinanet_spinenet_mobile49s_paper": Published(None, None, None, 1.34, 0.67, size=384,
+                                                    source="paper Table 9 (no released counterpart)"),
+    "retinanet_spinenet_mobile49_paper": Published(2_337_579, 0.981, 1.0, 2.28, 0.97, size=384,
+                                                   source="= released 49; paper Table 9"),
     # Mask R-CNN: MACs with 1000 proposals and 100 masks; official = TPU MODEL_ZOO (reference §8).
     "maskrcnn_spinenet49s": Published(None, None, None, 19.2, 82.5, size=640,
                                       source="no official figures; paper Table 5"),
