@@ -3,7 +3,7 @@
 Not a test. The reward (``torchspine.search.surrogate.SurrogateReward``) is the similarity of
 a proposed spec to a target spec, so the best architecture is known (reward 1.0):
 
-* setting A: the ``spinenet49`` space of paper 3.1-3.4 (10^33 architectures), target the
+* setting A: the ``spinenet49`` space of paper 3.1-3.4 (about 10^39 architectures), target the
   official SpineNet-49 blocks; we count samples until the best reward so far reaches
   0.7 / 0.8 / 0.9 (an exact hit is out of reach for every strategy at this budget);
 * setting B: a small space (2 intermediate + 3 output blocks, 32,400 architectures), target

@@ -1,5 +1,29 @@
-"""Architecture search (paper sections 3.1 and 5.1): space, strategies, proxy task, Ray runner, journal."""
+"""Architecture search (paper sections 3.1 and 5.1): space, strategies, proxy task, Ray runner, journal.
 
+    from torchspine.search import search_space, create_strategy, ProxyTask, RunnerConfig, run_search
+
+    space = search_space("spinenet49")                  # R0-SP53 allocation + level and type adjustments
+    strategy = create_strategy("rl", space, seed=0)     # or "random", "evolution"
+    result = run_search(strategy, ProxyTask.quick(), RunnerConfig(out_dir="runs/search", trials=20, parallel=2))
+"""
+
+from torchspine.search.journal import Journal, TrialRecord
+from torchspine.search.proxy import ProxyTask, split_annotations
+from torchspine.search.runner import RunnerConfig, SearchResult, evaluate_trial, init_ray, plot_rewards, run_search
 from torchspine.search.space import SPACE_PRESETS, TABLE1_ALLOCATIONS, Allocation, SearchSpace, Step, search_space
+from torchspine.search.strategy import (
+    STRATEGIES,
+    Proposal,
+    Strategy,
+    create_strategy,
+    load_strategy,
+    save_strategy,
+)
+from torchspine.search.surrogate import SurrogateReward
 
-__all__ = ["SPACE_PRESETS", "TABLE1_ALLOCATIONS", "Allocation", "SearchSpace", "Step", "search_space"]
+__all__ = [
+    "Allocation", "Journal", "Proposal", "ProxyTask", "RunnerConfig", "SPACE_PRESETS", "STRATEGIES", "SearchResult",
+    "SearchSpace", "Step", "Strategy", "SurrogateReward", "TABLE1_ALLOCATIONS", "TrialRecord", "create_strategy",
+    "evaluate_trial", "init_ray", "load_strategy", "plot_rewards", "run_search", "save_strategy", "search_space",
+    "split_annotations",
+]
