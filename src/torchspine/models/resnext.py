@@ -4,9 +4,9 @@
 the two stem groups and the residual blocks included, becomes a ResNeXt bottleneck
 (:mod:`torchspine.layers.resnext`) at the same level and with the same parents. That is the
 configuration that reproduces the paper copy's Table 10 parameter counts once the standard
-4x256 RetinaNet head (6,712,443 trainable parameters at 91 classes, reference section 9) is
+4x256 RetinaNet head (6,711,895 trainable parameters at 91 classes, as in retinanet_spinenet49) is
 added: 23,219,264 + 6.71M = 29.93M (paper: 30.0M) and 39,332,928 + 6.71M = 46.04M (46.1M).
-Keeping the residual blocks, or the stem, as they were gives 28.6M / 39.6M instead.
+Keeping the residual blocks and the stem as they were gives 28.6M / 39.5M instead.
 
 Registered: ``spinenet49_resnext32x4d``, ``spinenet49_resnext32x8d``.
 """
