@@ -57,12 +57,21 @@ def same_pad_amounts(size: int, kernel: int, stride: int, dilation: int = 1) -> 
     return total // 2, total - total // 2
 
 
+def _static_hw(x: torch.Tensor) -> tuple[int, int]:
+    """Spatial size; plain ints under the TorchScript tracer (the legacy ONNX exporter needs
+    constant pads, so a traced export is fixed to the traced size; torch.export keeps SymInts)."""
+    if torch.jit.is_tracing():
+        return int(x.shape[-2]), int(x.shape[-1])
+    return x.shape[-2], x.shape[-1]
+
+
 class Conv2dSame(nn.Conv2d):
     """``nn.Conv2d`` with TF 'SAME' padding computed from the input size at run time."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ph = same_pad_amounts(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
-        pw = same_pad_amounts(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
+        height, width = _static_hw(x)
+        ph = same_pad_amounts(height, self.kernel_size[0], self.stride[0], self.dilation[0])
+        pw = same_pad_amounts(width, self.kernel_size[1], self.stride[1], self.dilation[1])
         if ph[0] == ph[1] and pw[0] == pw[1]:
             return F.conv2d(x, self.weight, self.bias, self.stride, (ph[0], pw[0]), self.dilation, self.groups)
         x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]))
@@ -78,8 +87,9 @@ class MaxPool2dSame(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ph = same_pad_amounts(x.shape[-2], self.kernel_size, self.stride)
-        pw = same_pad_amounts(x.shape[-1], self.kernel_size, self.stride)
+        height, width = _static_hw(x)
+        ph = same_pad_amounts(height, self.kernel_size, self.stride)
+        pw = same_pad_amounts(width, self.kernel_size, self.stride)
         if ph[1] - ph[0] <= 1 and pw[1] - pw[0] <= 1:
             # No copy: PyTorch pads max pools with -inf implicitly; 'SAME' puts at most one
             # more row/column after than before, which is the partial last window that
