@@ -1,0 +1,83 @@
+"""``torchspine export``: a model (optionally with converted or trained weights) -> ONNX, checked in onnxruntime."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True,
+                   help="model name: a backbone (spinenet49), classifier (spinenet49_cls) or detector "
+                        "(retinanet_spinenet49)")
+    p.add_argument("--weights", default=None,
+                   help="weights: a `torchspine convert` output (its recorded model settings are used) or a "
+                        "safetensors / torch state dict for --model")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (onnx)")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--size", type=int, nargs="+", default=[256], metavar="N",
+                   help="example input size: N (square) or H W; dynamic export needs multiples of 128, >= 256")
+    p.add_argument("--no-postprocess", action="store_true",
+                   help="detectors: export raw head outputs (cls_logits, bbox_regression) instead of boxes after NMS")
+    p.add_argument("--static", action="store_true",
+                   help="fixed image size (legacy exporter, faster); default: dynamic batch and image size")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=JSON",
+                   help="model keyword / spec override, e.g. --set num_classes=10 (repeatable)")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs PyTorch check")
+
+
+def _load_model(args: argparse.Namespace) -> torch.nn.Module:
+    from torchspine.commands.convert import _parse_sets
+    from torchspine.models.registry import create_model
+
+    overrides = _parse_sets(args.sets)
+    if args.weights:
+        from safetensors import safe_open
+
+        if str(args.weights).endswith(".safetensors"):
+            with safe_open(args.weights, framework="pt") as f:
+                meta = f.metadata() or {}
+            if meta.get("format") == "torchspine.converted/1":
+                from safetensors.torch import load_file
+
+                from torchspine.tools.convert import build_converted
+
+                if meta["model"] != args.model:
+                    raise ValueError(f"{args.weights} holds converted weights of {meta['model']}, not {args.model}")
+                merged = {**json.loads(meta["overrides"]), **overrides}
+                return build_converted(args.model, merged, load_file(args.weights))
+            from safetensors.torch import load_file
+
+            state = load_file(args.weights)
+        else:
+            state = torch.load(args.weights, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+                state = state["model"]
+        model = create_model(args.model, **overrides)
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+    return create_model(args.model, **overrides).eval()
+
+
+def run(args: argparse.Namespace) -> int:
+    from torchspine.tools.export import export_onnx, verify_onnx
+
+    if len(args.size) not in (1, 2):
+        raise ValueError(f"--size takes N or H W, got {args.size}")
+    h, w = (args.size[0], args.size[0]) if len(args.size) == 1 else tuple(args.size)
+    model = _load_model(args)
+    result = export_onnx(model, args.out, image_size=(h, w), postprocess=not args.no_postprocess,
+                         dynamic=not args.static)
+    print(f"exported {args.model} ({result.kind}{', with post-processing' if result.postprocess else ''}) "
+          f"-> {args.out}: inputs {list(result.input_names)} {list(result.example_shape)}, outputs "
+          f"{list(result.output_names)}, {'dynamic batch and image size' if result.dynamic else 'fixed image size'}")
+    if not args.no_check:
+        x = torch.rand(3, h, w) if result.postprocess else torch.randn(1, 3, h, w)
+        err = verify_onnx(model, result, x)
+        print(f"onnxruntime vs PyTorch on a {list(x.shape)} input: max relative difference {err:.2e}")
+        if err > 1e-3:
+            print("warning: outputs differ more than 1e-3 of their magnitude")
+            return 1
+    return 0
