@@ -22,6 +22,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("classify", "torchspine.commands.classify", "image classification: built-in data, train, top-1/top-5 eval"),
     ("predict", "torchspine.commands.predict", "detect objects in images: drawn images + COCO-format JSON"),
     ("convert", "torchspine.commands.convert", "official TensorFlow checkpoint -> torchspine safetensors"),
+    ("export", "torchspine.commands.export", "export a model to ONNX (checked with onnxruntime)"),
     ("search", "torchspine.commands.search", "architecture search (RL controller / random / evolution) on Ray"),
 ]
 
