@@ -9,9 +9,26 @@ from pathlib import Path
 import pytest
 import torch
 
+from torch.utils.data import DataLoader
+
 from torchspine.cli import main
-from torchspine.data.classification import SHAPES, make_shapes_dataset
-from torchspine.engine.classification import ClassifyConfig, load_classifier, topk_correct, train_classifier
+from torchspine.data.classification import SHAPES, classification_transforms, image_folder, make_shapes_dataset
+from torchspine.engine.classification import (
+    ClassifyConfig,
+    evaluate_classifier,
+    load_classifier,
+    topk_correct,
+    train_classifier,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: tiny models on a shared 2-core machine run faster and reproducibly."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_topk_correct_by_hand() -> None:
@@ -42,35 +59,32 @@ def test_config_validation() -> None:
 
 
 def test_short_training_beats_chance_and_resumes(tmp_path: Path) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # deterministic and fair on a shared 2-core machine
-    try:
-        data = tmp_path / "shapes"
-        make_shapes_dataset(data, num_classes=3, train_per_class=32, val_per_class=16, image_size=32)
-        cfg = ClassifyConfig(
-            data=str(data), model="spinenet49_cls",
-            model_overrides={"filter_size_scale": 0.25, "endpoints_num_filters": 32},
-            out_dir=str(tmp_path / "run"), image_size=32, batch_size=16, epochs=20,
-            base_lr=1.6,  # 0.1 at batch 16 (linear scaling, paper [7])
-            warmup_epochs=1, min_scale=0.5, workers=0, label_smoothing=0.1,
-        )
-        result = train_classifier(cfg)
-        # 3 balanced classes: chance top-1 is 33.3%; top-5 of 3 classes is always 100%.
-        assert result["top1"] > 50.0, result["history"]
-        assert result["top5"] == 100.0
-        metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-        assert len(metrics["history"]) == 20
+    data = tmp_path / "shapes"
+    make_shapes_dataset(data, num_classes=3, train_per_class=32, val_per_class=16, image_size=32)
+    cfg = ClassifyConfig(
+        data=str(data), model="spinenet49_cls",
+        model_overrides={"filter_size_scale": 0.25, "endpoints_num_filters": 32},
+        out_dir=str(tmp_path / "run"), image_size=32, batch_size=16, epochs=20,
+        base_lr=1.6,  # 0.1 at batch 16 (linear scaling, paper [7])
+        warmup_epochs=1, min_scale=0.5, workers=0, label_smoothing=0.1,
+    )
+    result = train_classifier(cfg)
+    # 3 balanced classes: chance top-1 is 33.3%; top-5 of 3 classes is always 100%.
+    assert result["top1"] > 50.0, result["history"]
+    assert result["top5"] == 100.0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["history"]) == 20
 
-        # Saved weights rebuild the same classifier and give the same accuracy.
-        model, info = load_classifier(result["weights"])
-        assert info["classes"] == list(SHAPES[:3]) and info["num_classes"] == 3
-        assert main(["classify", "eval", "--data", str(data), "--weights", result["weights"], "--workers", "0"]) == 0
+    # Saved weights rebuild the same classifier and give the same accuracy.
+    model, info = load_classifier(result["weights"])
+    assert info["classes"] == list(SHAPES[:3]) and info["num_classes"] == 3
+    val = image_folder(data, "val", classification_transforms(32, train=False))
+    again = evaluate_classifier(model, DataLoader(val, batch_size=16))
+    assert again["top1"] == pytest.approx(result["top1"])
 
-        # Resume: a finished run with more epochs continues from last.pt (epoch 20 -> 21).
-        more = train_classifier(ClassifyConfig(**{**cfg.__dict__, "epochs": 21}))
-        assert [h["epoch"] for h in more["history"]] == list(range(1, 22))
-    finally:
-        torch.set_num_threads(threads)
+    # Resume: a finished run with more epochs continues from last.pt (epoch 20 -> 21).
+    more = train_classifier(ClassifyConfig(**{**cfg.__dict__, "epochs": 21}))
+    assert [h["epoch"] for h in more["history"]] == list(range(1, 22))
 
 
 def test_classify_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

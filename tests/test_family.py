@@ -15,6 +15,15 @@ from torchspine.specs.spec import SpineNetSpec
 from torchspine.tools.profile import count_macs, count_params
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: tiny models on a shared 2-core machine run faster and reproducibly."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def meta_params(name: str, **kw) -> int:
     with torch.device("meta"):
         return count_params(ts.create_model(name, **kw))
@@ -144,6 +153,11 @@ def test_classifier_on_any_spec_and_bn_settings() -> None:
     assert m(torch.randn(1, 3, 64, 64)).shape == (1, 5)
     # Official classification BN: momentum 0.9 / epsilon 1e-5 (reference section 7).
     assert m.backbone.spec.norm.momentum == 0.9 and m.backbone.spec.norm.epsilon == 1e-5
+    bn = next(x for x in m.backbone.modules() if isinstance(x, nn.BatchNorm2d))
+    assert bn.momentum == pytest.approx(0.1) and bn.eps == 1e-5  # PyTorch momentum = 1 - 0.9
+    # The same head on the R50-FPN baseline (same P3-P7 contract), for side-by-side runs.
+    r50 = ts.create_model("spinenet_cls", backbone="resnet50_fpn", num_classes=5).eval()
+    assert r50(torch.randn(1, 3, 64, 64)).shape == (1, 5) and r50.num_features == 256
 
 
 # --------------------------------------------------------------------------- ablations

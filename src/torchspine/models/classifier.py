@@ -29,7 +29,7 @@ from torch import nn
 from torchspine.layers.resample import resize_nearest
 from torchspine.models.backbone import SpineNet
 from torchspine.models.registry import create_model, register_model
-from torchspine.specs.spec import SpineNetSpec
+from torchspine.specs.spec import NormSpec, SpineNetSpec
 
 __all__ = ["SpineNetClassifier", "FeatureCombination"]
 
@@ -132,6 +132,15 @@ def _split_classifier_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
     return {k: kw.pop(k) for k in ("num_classes", "feature_combination", "level", "drop_rate") if k in kw}
 
 
+def _set_norm_(net: SpineNet, norm: NormSpec) -> None:
+    """Switch a built SpineNet's BatchNorm settings in place (what building it with ``norm`` gives)."""
+    net.spec = net.spec.replace(norm=norm)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 1.0 - norm.momentum  # PyTorch momentum = 1 - TF momentum (create_norm)
+            m.eps = norm.epsilon
+
+
 def build_classifier(backbone: str | SpineNetSpec | nn.Module, **kwargs: Any) -> SpineNetClassifier:
     """A classifier on a registered backbone name, a spec, or a backbone module.
 
@@ -139,10 +148,9 @@ def build_classifier(backbone: str | SpineNetSpec | nn.Module, **kwargs: Any) ->
     classifier; the rest are backbone overrides (spec fields). Unless given, BatchNorm uses the
     official classification settings (:data:`CLASSIFIER_NORM`)."""
     cls_kw = _split_classifier_kwargs(kwargs)
-    if not isinstance(backbone, nn.Module) and not {"norm", "momentum", "epsilon"} & set(kwargs):
-        # Official classification configs use BN momentum 0.9 / epsilon 1e-5 (reference section 7),
-        # not the detectors' 0.997 / 1e-4 (whose running statistics barely move in a short run).
-        kwargs.update(CLASSIFIER_NORM)
+    # Official classification configs use BN momentum 0.9 / epsilon 1e-5 (reference section 7),
+    # not the detectors' 0.997 / 1e-4 (whose running statistics barely move in a short run).
+    official_norm = not isinstance(backbone, nn.Module) and not {"norm", "momentum", "epsilon"} & set(kwargs)
     if isinstance(backbone, SpineNetSpec):
         net: nn.Module = SpineNet(backbone.replace(**kwargs) if kwargs else backbone)
     elif isinstance(backbone, str):
@@ -151,6 +159,8 @@ def build_classifier(backbone: str | SpineNetSpec | nn.Module, **kwargs: Any) ->
         if kwargs:
             raise ValueError(f"classifier: backbone overrides {sorted(kwargs)} need a backbone name or spec")
         net = backbone
+    if official_norm and isinstance(net, SpineNet):
+        _set_norm_(net, NormSpec(**CLASSIFIER_NORM))
     if not hasattr(net, "out_channels"):
         raise ValueError(f"classifier: backbone {backbone!r} has no out_channels (not a pyramid backbone)")
     return SpineNetClassifier(net, **cls_kw)
