@@ -273,3 +273,29 @@ def test_retinanet_macs_within_one_percent(model_id):
 def test_unknown_keyword_is_rejected():
     with pytest.raises(ValueError, match="unknown spec field"):
         create_model("retinanet_spinenet49s", not_a_setting=1)
+
+
+def test_postprocess_equals_torchvision_with_background_removed():
+    # Our top-k-on-logits post-processing must give torchvision's result exactly (with class 0,
+    # background, masked out for torchvision); logits ~ N(0, 1.5) avoid float32 score ties at 1.0.
+    from torchvision.models.detection import RetinaNet
+
+    torch.manual_seed(0)
+    model = tiny_retinanet(score_thresh=0.3, topk_candidates=200)
+    sizes = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
+    anchors = model.anchor_generator.grid_anchors_for(sizes, dtype=torch.float32, device=torch.device("cpu"))
+    logits = [torch.randn(2, h * w * 9, 91) * 1.5 for h, w in sizes]
+    deltas = [torch.randn(2, h * w * 9, 4) * 0.2 for h, w in sizes]
+    shapes = [(256, 200), (180, 256)]
+    ours = model.postprocess_detections({"cls_logits": logits, "bbox_regression": deltas}, [anchors] * 2, shapes)
+    masked = []
+    for lg in logits:
+        lg = lg.clone()
+        lg[..., 0] = float("-inf")
+        masked.append(lg)
+    ref = RetinaNet.postprocess_detections(model, {"cls_logits": masked, "bbox_regression": deltas}, [anchors] * 2,
+                                           shapes)
+    for a, b in zip(ours, ref):
+        assert len(a["boxes"]) == 100
+        for k in ("boxes", "scores", "labels"):
+            assert torch.equal(a[k], b[k]), k

@@ -66,7 +66,7 @@ MASKRCNN_PRESETS: dict[str, MaskRCNNPreset] = {
 }
 
 MASKRCNN_KEYS = frozenset({
-    "num_classes", "image_size", "resize_mode", "anchor_size", "num_scales", "aspect_ratios", "rpn_num_filters",
+    "num_classes", "image_size", "resize_mode", "size_divisible", "anchor_size", "num_scales", "aspect_ratios", "rpn_num_filters",
     "head_num_filters", "head_num_convs", "fc_dims", "mask_num_convs", "score_thresh", "nms_thresh",
     "detections_per_img", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
 })
@@ -159,6 +159,7 @@ class SpineNetMaskRCNN(MaskRCNN):
         *,
         image_size: int = 640,
         resize_mode: ResizeMode = "square",
+        size_divisible: int = 128,
         anchor_size: float = 3.0,
         num_scales: int = 1,
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
@@ -208,7 +209,7 @@ class SpineNetMaskRCNN(MaskRCNN):
             mask_roi_pool=MultiScaleRoIAlign(names, 14, sampling_ratio=2), mask_head=mask_head,
             mask_predictor=mask_predictor,
         )
-        self.transform = DetectionTransform(image_size, resize_mode=resize_mode)
+        self.transform = DetectionTransform(image_size, resize_mode=resize_mode, size_divisible=size_divisible)
         self.num_classes = num_classes
         self.image_size = int(image_size)
         self._roi_channels = in_channels
