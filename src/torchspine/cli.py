@@ -23,6 +23,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("predict", "torchspine.commands.predict", "detect objects in images: drawn images + COCO-format JSON"),
     ("convert", "torchspine.commands.convert", "official TensorFlow checkpoint -> torchspine safetensors"),
     ("export", "torchspine.commands.export", "export a model to ONNX (checked with onnxruntime)"),
+    ("draw", "torchspine.commands.draw", "draw an architecture like the paper's Figure 3 (.svg/.png)"),
     ("search", "torchspine.commands.search", "architecture search (RL controller / random / evolution) on Ray"),
 ]
 
