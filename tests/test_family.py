@@ -241,3 +241,21 @@ def test_timm_create_model_both_ways() -> None:
         assert count_params(timm.create_model("spinenet49")) == 22_088_488  # 1000 classes by default
     with pytest.raises(ValueError, match="pretrained"):
         timm.create_model("spinenet49", pretrained=True)
+
+
+def test_mobile_mg_flavor_same_padding_any_size() -> None:
+    from torchspine.layers.conv import Conv2dSame
+
+    m = ts.create_model("spinenet_mobile49xs", flavor="mg").eval()
+    # Model Garden pads every strided conv 'SAME', depthwise resampling convs included.
+    assert isinstance(m.blocks[5].resample[0].downsample[0].conv, Conv2dSame)
+    out = m(torch.randn(1, 3, 97, 130))
+    # ceil(97 / 2**l) x ceil(130 / 2**l), by hand: l=3 13x17, 4 7x9, 5 4x5, 6 2x3, 7 1x2.
+    assert [tuple(v.shape[-2:]) for v in out.values()] == [(13, 17), (7, 9), (4, 5), (2, 3), (1, 2)]
+
+
+def test_graph_damage_applies_to_any_spec() -> None:
+    damaged = graph_damage(mobile_spec("49xs"), "sequential")
+    assert damaged.blocks[0].input_offsets == (1,)  # the L2 stem block
+    m = SpineNet(damaged).eval()
+    assert m(torch.randn(1, 3, 64, 64))["p3"].shape == (1, 24, 8, 8)
