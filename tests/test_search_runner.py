@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 from torchspine.search.journal import Journal
 from torchspine.search.runner import RunnerConfig, run_search
@@ -19,6 +20,15 @@ from torchspine.search.strategy import create_strategy
 from torchspine.search.surrogate import SurrogateReward
 from torchspine.specs import SpineNetSpec
 
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models on a shared 2-core machine: one intra-op thread avoids contention.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 def test_journal_tolerates_a_truncated_last_line(tmp_path):
     j = Journal(tmp_path / "j.jsonl")
@@ -77,6 +87,7 @@ class _NamedReward:
 
 _KILL_SCRIPT = r"""
 import sys, time
+import torch
 from dataclasses import dataclass
 from torchspine.search.runner import RunnerConfig, run_search
 from torchspine.search.space import search_space
@@ -86,16 +97,17 @@ from torchspine.search.surrogate import SurrogateReward
 @dataclass(frozen=True)
 class Slow:
     def __call__(self, spec):
-        time.sleep(0.4)
+        time.sleep(0.3)
         return SurrogateReward()(spec)
 
+torch.set_num_threads(1)
 st = create_strategy(sys.argv[2], search_space("r0_sp53_plus"), seed=1)
 run_search(st, Slow(), RunnerConfig(out_dir=sys.argv[1], trials=12, executor="local"),
            search_config={"reward": "surrogate"})
 """
 
 
-@pytest.mark.parametrize("name", ["rl", "evolution"])
+@pytest.mark.parametrize("name", ["rl", pytest.param("evolution", marks=pytest.mark.slow)])
 def test_resume_after_kill_redoes_nothing_and_loses_nothing(tmp_path, name):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONHASHSEED": "0"}
@@ -187,8 +199,8 @@ class _CrashOnTrial:
 
 
 def test_ray_run_of_the_real_proxy_task(tmp_path, monkeypatch):
-    """Real proxy-task trials (train + pycocotools AP on a held-out split of the built-in
-    dataset's training images) two at a time on local CPUs, tiny settings; one trial crashes."""
+    """A real proxy-task trial (train + pycocotools AP on a held-out split of the built-in
+    dataset's training images) beside a crashing one, two at a time on local CPUs, tiny settings."""
     ray = pytest.importorskip("ray")
     from torchspine.search.proxy import ProxyTask
 
@@ -198,18 +210,18 @@ def test_ray_run_of_the_real_proxy_task(tmp_path, monkeypatch):
                            work_dir=str(tmp_path / "proxy"))
     st = create_strategy("random", search_space("spinenet49"), seed=0)
     try:
-        res = run_search(st, _CrashOnTrial(task, crash_id=2),
-                         RunnerConfig(out_dir=str(tmp_path / "run"), trials=3, parallel=2, executor="ray",
+        res = run_search(st, _CrashOnTrial(task, crash_id=1),
+                         RunnerConfig(out_dir=str(tmp_path / "run"), trials=2, parallel=2, executor="ray",
                                       cpus_per_trial=1, object_store_memory=80 * 1024 * 1024,
                                       trial_timeout_s=400))
         assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"  # loopback only
     finally:
         ray.shutdown()
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    assert [r.trial_id for r in res.records] == [0, 1, 2]
-    assert [r.ok for r in res.records] == [True, True, False]
-    assert "simulated crash inside a Ray worker" in res.records[2].error
-    for r in res.records[:2]:
+    assert [r.trial_id for r in res.records] == [0, 1]
+    assert [r.ok for r in res.records] == [True, False]
+    assert "simulated crash inside a Ray worker" in res.records[1].error
+    for r in res.records[:1]:
         assert 0.0 <= r.reward <= 1.0 and r.reward == r.metrics["AP"]
         assert r.metrics["steps"] == 2
     assert SpineNetSpec.load(str(tmp_path / "run" / "best.json")).scaling.filter_size_scale == 1.0  # full scale

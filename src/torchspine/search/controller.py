@@ -22,7 +22,8 @@ then ``b <- baseline_decay * b + (1 - baseline_decay) * R`` (``b`` starts at the
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -31,6 +32,18 @@ from torchspine.search.space import STEP_KINDS, SearchSpace
 from torchspine.search.strategy import Strategy
 
 __all__ = ["Controller", "ControllerStrategy"]
+
+
+@contextmanager
+def _single_thread() -> Iterator[None]:
+    """The controller is tiny: extra intra-op threads only add contention (10x slower on a busy
+    2-core machine), so its steps run on one thread and the setting is restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 class Controller(nn.Module):
@@ -138,9 +151,14 @@ class ControllerStrategy(Strategy):
         self.last_stats: dict[str, float] = {}
 
     def _propose(self) -> list[int]:
-        return self.controller.sample(self.generator)
+        with _single_thread():
+            return self.controller.sample(self.generator)
 
     def _learn(self, trial_id: int, decisions: tuple[int, ...], reward: float) -> None:
+        with _single_thread():
+            self._reinforce(decisions, reward)
+
+    def _reinforce(self, decisions: tuple[int, ...], reward: float) -> None:
         baseline = reward if self.baseline is None else self.baseline
         advantage = reward - baseline
         log_p, entropy = self.controller.log_prob(decisions)
