@@ -42,8 +42,10 @@ def _tf_python() -> str | None:
 JOBS = {
     "sn49": ({"family": "spinenet", "model_id": "49", "dtype": "float32", "inputs": [[128, 128], [128, 256]],
               "seed": 1}, "spinenet49", torch.float32),
+    # With the official RetinaNet head of 49S (4 x 128, 91 classes, 9 anchors; reference section 8).
     "sn49s_f64": ({"family": "spinenet", "model_id": "49S", "dtype": "float64", "inputs": [[128, 128], [256, 128]],
-                   "seed": 2}, "spinenet49s", torch.float64),
+                   "seed": 2, "head": {"num_classes": 91, "num_anchors": 9, "num_convs": 4, "num_filters": 128}},
+                  "spinenet49s", torch.float64),
     "mb49": ({"family": "mobile", "model_id": "49", "dtype": "float32", "inputs": [[128, 128], [256, 128]],
               "seed": 3}, "spinenet_mobile49", torch.float32),
 }
@@ -101,6 +103,28 @@ def test_model_garden_checkpoint_matches_official_outputs(official: Path, variab
     assert (model.spec.norm.momentum, model.spec.norm.epsilon) == (0.99, 1e-3)
     with np.load(official / name / "io.npz") as io:
         _compare(model, io, dtype)
+
+
+@pytest.mark.tf
+def test_model_garden_retinanet_head(official: Path, variables) -> None:
+    result = convert_checkpoint(variables["sn49s_f64"], "retinanet_spinenet49s")
+    model = build_converted("retinanet_spinenet49s", result.overrides, result.state_dict).double()
+    num_anchors, num_classes = 9, 91
+    with np.load(official / "sn49s_f64" / "io.npz") as io:
+        for i in range(2):
+            x = torch.from_numpy(io[f"input_{i}"]).permute(0, 3, 1, 2)
+            with torch.no_grad():
+                cls_maps, box_maps = model.head.forward_levels(list(model.backbone(x).values()))
+            for li, lvl in enumerate(range(3, 8)):
+                ref_cls = torch.from_numpy(io[f"cls_{i}_{lvl}"])  # (1, H, W, A * C), anchor-major
+                ref_box = torch.from_numpy(io[f"box_{i}_{lvl}"])  # (1, H, W, A * 4), (dy, dx, dh, dw)
+                n, h, w, _ = ref_box.shape
+                # torchvision's BoxCoder order is (dx, dy, dw, dh): swap each anchor's pairs.
+                ref_box = ref_box.view(n, h, w, num_anchors, 4)[..., [1, 0, 3, 2]].reshape(n, h, w, -1)
+                assert cls_maps[li].shape == (1, num_anchors * num_classes, h, w)
+                for got, ref in ((cls_maps[li], ref_cls), (box_maps[li], ref_box)):
+                    ref = ref.permute(0, 3, 1, 2)
+                    assert (got - ref).abs().max() <= 1e-10 * ref.abs().max(), (i, lvl)
 
 
 @pytest.mark.tf
