@@ -116,3 +116,28 @@ def test_compiled_with_freezing_matches_original() -> None:
     with torch.inference_mode():
         out = opt(x.to(memory_format=torch.channels_last))
     assert _max_rel_err(out, ref) < 1e-4
+
+
+def test_optimize_models_built_on_spinenet() -> None:
+    """Composite models: every backbone BN folds, outputs match."""
+    torch.manual_seed(0)
+    cls = torchspine.create_model("spinenet49_cls", filter_size_scale=0.125, endpoints_num_filters=16,
+                                  num_classes=5).eval()
+    _randomize_bn_(cls)
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        ref = cls(x)
+    opt = optimize_for_inference(cls)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in opt.modules())
+    with torch.inference_mode():
+        out = opt(x.to(memory_format=torch.channels_last))
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-4
+
+    det = torchspine.create_model("retinanet_spinenet49", filter_size_scale=0.125, endpoints_num_filters=16,
+                                  num_classes=3).eval()
+    _randomize_bn_(det)
+    opt = optimize_for_inference(det)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in opt.backbone.modules())
+    with torch.inference_mode():
+        ref, out = det.backbone(x), opt.backbone(x.to(memory_format=torch.channels_last))
+    assert _max_rel_err(out, ref) < 1e-4
