@@ -154,6 +154,57 @@ def test_cli_convert_writes_loadable_safetensors(official: Path, tmp_path: Path,
         _compare(model, io, torch.float32)
 
 
+@pytest.fixture(scope="module")
+def tpu_style(tmp_path_factory) -> Path:
+    """A TF1 name-based checkpoint written by TF itself from a tensorflow/tpu-style graph."""
+    tf_python = _tf_python()
+    if tf_python is None:
+        pytest.skip("official TensorFlow stack absent: run scripts/setup_tf_venv.sh (CI does)")
+    out = tmp_path_factory.mktemp("tpu_style")
+    proc = subprocess.run([tf_python, str(REPO / "tests" / "tf_side" / "build_tpu_style.py"), str(out)],
+                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.tf
+def test_tpu_name_based_checkpoint_backbone_and_head(tpu_style: Path) -> None:
+    variables = read_tf_checkpoint(tpu_style / "model.ckpt", tf_python=_tf_python())
+    # TF generated the reference section 10 names, e.g. the endpoints continue the root counters
+    # after the stem (49S: stem conv2d, two stem bottlenecks conv2d_1..7, endpoints conv2d_8..12).
+    assert variables["spinenet/conv2d_8/kernel"].shape == (1, 1, 332, 128)  # P4 from 4 * int(256 * 0.65)
+    assert "spinenet/sub_policy14/scale_permuted_block_16/conv2d_2/kernel" in variables
+    head_kw = {"head_num_convs": 2, "head_num_filters": 32, "num_classes": 3}
+    result = convert_checkpoint(variables, "retinanet_spinenet49s", overrides=head_kw)
+    assert result.codebase == "tpu"
+    model = build_converted("retinanet_spinenet49s", result.overrides, result.state_dict)
+    assert model.backbone.spec.padding == "symmetric"
+    assert (model.backbone.spec.norm.momentum, model.backbone.spec.norm.epsilon) == (0.997, 1e-4)
+    # tensorflow/tpu orders each location's anchors scale-major with aspect ratios (1.0, 2.0, 0.5);
+    # the torchspine model uses (0.5, 1.0, 2.0): torch anchor k*3 + r is TF anchor k*3 + tf.index(ar).
+    torch_ar, tf_ar = (0.5, 1.0, 2.0), (1.0, 2.0, 0.5)
+    anchor_map = [k * 3 + tf_ar.index(torch_ar[r]) for k in range(3) for r in range(3)]
+    with np.load(tpu_style / "io.npz") as io:
+        for i in range(2):  # 128 x 128 and 128 x 256
+            x = torch.from_numpy(io[f"input_{i}"]).permute(0, 3, 1, 2)
+            with torch.no_grad():
+                feats = model.backbone(x)
+                cls_maps, box_maps = model.head.forward_levels(list(feats.values()))
+            for li, lvl in enumerate(range(3, 8)):
+                ref = torch.from_numpy(io[f"out_{i}_{lvl}"]).permute(0, 3, 1, 2)
+                assert (feats[f"p{lvl}"] - ref).abs().max() <= 1e-4 * ref.abs().max(), (i, lvl)
+                n, h, w, _ = io[f"box_{i}_{lvl}"].shape
+                ref_cls = torch.from_numpy(io[f"cls_{i}_{lvl}"]).view(n, h, w, 9, 3)[..., anchor_map, :]
+                ref_box = torch.from_numpy(io[f"box_{i}_{lvl}"]).view(n, h, w, 9, 4)[..., anchor_map, :][..., [1, 0, 3, 2]]
+                for got, want in ((cls_maps[li], ref_cls), (box_maps[li], ref_box)):
+                    want = want.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+                    assert (got - want).abs().max() <= 1e-4 * want.abs().max(), (i, lvl)
+    # The same checkpoint for the wrong size lists the per-scope layer counts and shapes.
+    with pytest.raises(ValueError, match="does not match model spinenet49") as info:
+        convert_checkpoint(variables, "spinenet49")
+    assert "spinenet/conv2d_1/kernel [1, 1, 64, 164]" in str(info.value)
+
+
 # --------------------------------------------------------------- without TensorFlow
 def test_keras_layer_order_replicates_functional_sorting() -> None:
     # Hand-worked example of tf_keras functional._map_graph_network:

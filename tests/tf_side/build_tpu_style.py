@@ -1,0 +1,171 @@
+"""A tensorflow/tpu-style SpineNet in TF1 graph mode, for the name-based checkpoint test.
+
+The tensorflow/tpu code is not on PyPI, so this re-implements its graph from the shared
+reference (sections 1-5, 8, 10) with the same TF1 calls it uses: ``tf.compat.v1.layers.conv2d``
+/ ``batch_normalization`` without explicit names (so TF itself generates ``conv2d_N`` /
+``batch_normalization_N`` per variable scope), fixed symmetric padding for strided convs, one
+'SAME' max pool of k3 (ratio 4) or k5 (larger ratios) with stride ratio/2, nearest upsampling,
+and a RetinaNet head with explicit names ``class_net/class-{k}`` (convs shared across levels),
+``class-{k}-{level}`` (per-level BN) and ``class-predict``; aspect ratios (1.0, 2.0, 0.5).
+It runs under the TF interpreter and never imports torch.
+
+Usage: ``python build_tpu_style.py OUT_DIR`` writes ``OUT_DIR/model.ckpt*`` (a TF1 Saver
+checkpoint) and ``OUT_DIR/io.npz`` (``input_i``, ``out_i_<level>``, ``cls_i_<level>``,
+``box_i_<level>``, NHWC).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+v1 = tf.compat.v1
+
+# Reference section 1 (tensorflow/tpu SPINENET_BLOCK_SPECS): (level, type, parents, is_output).
+BLOCKS = [(2, "b", (0, 1), False), (4, "r", (0, 1), False), (3, "b", (2, 3), False), (4, "b", (2, 4), False),
+          (6, "r", (3, 5), False), (4, "b", (3, 5), False), (5, "r", (6, 7), False), (7, "r", (6, 8), False),
+          (5, "b", (8, 9), False), (5, "b", (8, 10), False), (4, "b", (5, 10), True), (3, "b", (4, 10), True),
+          (5, "b", (7, 12), True), (7, "b", (5, 14), True), (6, "b", (12, 14), True)]
+FILTERS = {2: 64, 3: 128, 4: 256, 5: 256, 6: 256, 7: 256}
+SCALE, ALPHA, ENDPOINTS = 0.65, 0.5, 128  # SpineNet-49S (reference section 2)
+MOMENTUM, EPSILON = 0.997, 1e-4  # tensorflow/tpu RetinaNet (reference section 7)
+HEAD_CONVS, HEAD_FILTERS, NUM_CLASSES, ASPECTS, NUM_SCALES = 2, 32, 3, (1.0, 2.0, 0.5), 3
+
+
+def conv(x, filters, k, strides=1, use_bias=False, name=None):
+    if strides > 1:  # tensorflow/tpu fixed_padding: (k-1)//2 before, the rest after
+        total = k - 1
+        x = tf.pad(x, [[0, 0], [total // 2, total - total // 2], [total // 2, total - total // 2], [0, 0]])
+    return v1.layers.conv2d(x, filters, k, strides, padding="SAME" if strides == 1 else "VALID", use_bias=use_bias,
+                            name=name, reuse=v1.AUTO_REUSE if name else None)
+
+
+def bn(x, relu=True, name=None):
+    x = v1.layers.batch_normalization(x, momentum=MOMENTUM, epsilon=EPSILON, training=False, name=name)
+    return tf.nn.relu(x) if relu else x
+
+
+def bottleneck(x, f, project):
+    shortcut = bn(conv(x, 4 * f, 1), relu=False) if project else x
+    y = bn(conv(x, f, 1))
+    y = bn(conv(y, f, 3))
+    y = bn(conv(y, 4 * f, 1), relu=False)
+    return tf.nn.relu(y + shortcut)
+
+
+def residual(x, f):
+    y = bn(conv(x, f, 3))
+    y = bn(conv(y, f, 3), relu=False)
+    return tf.nn.relu(y + x)
+
+
+def resample(x, in_level, in_type, target_level, target_channels):
+    channels = int(x.shape[-1]) // (4 if in_type == "b" else 1)
+    a = int(channels * ALPHA)
+    x = bn(conv(x, a, 1))
+    if in_level < target_level:
+        x = bn(conv(x, a, 3, strides=2))
+        ratio = 2 ** (target_level - in_level)
+        if ratio > 2:
+            k = 3 if ratio <= 4 else 5
+            x = tf.nn.max_pool2d(x, k, ratio // 2, "SAME")
+    elif in_level > target_level:
+        s = 2 ** (in_level - target_level)
+        x = tf.repeat(tf.repeat(x, s, axis=1), s, axis=2)  # nearest upsampling
+    return bn(conv(x, target_channels, 1), relu=False)
+
+
+def spinenet(images):
+    f2 = int(FILTERS[2] * SCALE)
+    with v1.variable_scope("spinenet"):
+        x = bn(conv(images, 64, 7, strides=2))
+        x = tf.nn.max_pool2d(x, 3, 2, "SAME")
+        feats = [bottleneck(x, f2, True)]
+        feats.append(bottleneck(feats[0], f2, False))
+        info = [(2, "b", 4 * f2), (2, "b", 4 * f2)]
+        outdeg = [0, 0]
+        endpoints = {}
+        for i, (level, kind, parents, is_out) in enumerate(BLOCKS):
+            f = int(FILTERS[level] * SCALE)
+            target = 4 * f if kind == "b" else f
+            with v1.variable_scope(f"sub_policy{i}"):
+                xs = []
+                for j, p in enumerate(parents):
+                    with v1.variable_scope(f"resample_with_alpha_resample_{i}_{j}"):
+                        xs.append(resample(feats[p], info[p][0], info[p][1], level, target))
+                    outdeg[p] += 1
+                if is_out:  # zero out-degree rule (reference section 5)
+                    for j, (lv, _, ch) in enumerate(info):
+                        if outdeg[j] == 0 and lv == level and ch == target:
+                            xs.append(feats[j])
+                            outdeg[j] += 1
+                y = tf.nn.relu(tf.add_n(xs))
+                with v1.variable_scope(f"scale_permuted_block_{i + 2}"):
+                    y = bottleneck(y, f, False) if kind == "b" else residual(y, f)
+            feats.append(y)
+            info.append((level, kind, target))
+            outdeg.append(0)
+            if is_out:
+                endpoints[level] = y
+        return {lvl: bn(conv(endpoints[lvl], ENDPOINTS, 1)) for lvl in range(3, 8)}
+
+
+def retinanet_head(feats):
+    anchors = NUM_SCALES * len(ASPECTS)
+    cls, box = {}, {}
+    with v1.variable_scope("retinanet"):
+        for lvl in range(3, 8):
+            for net, prefix, outputs, out in (("class_net", "class", NUM_CLASSES * anchors, cls),
+                                              ("box_net", "box", 4 * anchors, box)):
+                with v1.variable_scope(net, reuse=v1.AUTO_REUSE):
+                    y = feats[lvl]
+                    for k in range(HEAD_CONVS):
+                        y = conv(y, HEAD_FILTERS, 3, use_bias=True, name=f"{prefix}-{k}")
+                        y = bn(y, name=f"{prefix}-{k}-{lvl}")
+                    out[lvl] = conv(y, outputs, 3, use_bias=True, name=f"{prefix}-predict")
+    return cls, box
+
+
+def main() -> int:
+    out_dir = sys.argv[1]
+    os.makedirs(out_dir, exist_ok=True)
+    v1.disable_eager_execution()
+    rng = np.random.default_rng(5)
+    images = v1.placeholder(tf.float32, [1, None, None, 3])
+    feats = spinenet(images)
+    cls, box = retinanet_head(feats)
+    with v1.Session() as sess:
+        feed = {}
+        for var in v1.global_variables():  # non-trivial weights and BN statistics
+            shape = tuple(var.shape.as_list())
+            n = var.op.name
+            if n.endswith("gamma"):
+                val = rng.uniform(0.5, 1.5, shape)
+            elif n.endswith(("beta", "moving_mean", "bias")):
+                val = rng.normal(0.0, 0.2, shape)
+            elif n.endswith("moving_variance"):
+                val = rng.uniform(0.5, 2.0, shape)
+            else:
+                val = rng.normal(0.0, 1.0, shape) / np.sqrt(np.prod(shape[:-1]))
+            feed[var.initial_value] = val.astype(np.float32)
+        sess.run([v.initializer for v in v1.global_variables()], feed)  # one run: feed the initial values
+        io = {}
+        for i, (h, w) in enumerate([(128, 128), (128, 256)]):
+            x = rng.normal(0.0, 1.0, (1, h, w, 3)).astype(np.float32)
+            outs, c, b = sess.run([feats, cls, box], {images: x})
+            io[f"input_{i}"] = x
+            for lvl in range(3, 8):
+                io[f"out_{i}_{lvl}"], io[f"cls_{i}_{lvl}"], io[f"box_{i}_{lvl}"] = outs[lvl], c[lvl], b[lvl]
+        v1.train.Saver().save(sess, os.path.join(out_dir, "model.ckpt"))
+    np.savez(os.path.join(out_dir, "io.npz"), **io)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
