@@ -16,6 +16,16 @@ from torchspine.models.retinanet import SpineNetRetinaNet
 from torchspine.models.transform import DetectionTransform, to_rgb_float
 from torchspine.tools.profile import count_macs, count_params
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on the shared 2-core machine, 2 OpenMP threads per process stall tiny
+    models badly when other processes are busy."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 TINY = dict(filter_size_scale=0.25, endpoints_num_filters=32, head_num_filters=32, image_size=256)
 
 
@@ -201,7 +211,6 @@ def test_maskrcnn_train_losses_and_eval_format():
 
 # ------------------------------------------------------------------------------- training works
 def test_few_steps_on_three_boxes_drive_loss_down_and_detect_them():
-    torch.set_num_threads(1)
     model = tiny_retinanet(momentum=0.5)  # fast BN running averages so eval matches the trained state
     image = torch.rand(3, 256, 256) * 0.2
     boxes = torch.tensor([[20.0, 24, 100, 120], [140, 40, 236, 104], [80, 152, 200, 240]])
