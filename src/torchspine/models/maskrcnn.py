@@ -233,6 +233,9 @@ def _maskrcnn(model_id: str, **kwargs: Any) -> SpineNetMaskRCNN:
     preset = MASKRCNN_PRESETS[model_id]
     settings: dict[str, Any] = dict(image_size=preset.image_size, anchor_size=preset.anchor_size)
     settings.update(det)
+    # Official Mask R-CNN SpineNet yamls: BN momentum 0.99, epsilon 1e-3 (reference section 7).
+    spec_overrides.setdefault("momentum", 0.99)
+    spec_overrides.setdefault("epsilon", 1e-3)
     backbone = SpineNet(spinenet_spec(model_id, **spec_overrides))
     model = SpineNetMaskRCNN(backbone, **settings)
     model.config = OrderedDict(name=f"maskrcnn_spinenet{model_id}", **kwargs)
