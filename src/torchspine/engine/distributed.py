@@ -73,30 +73,49 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the gradient of a sum is the sum of the gradients (hand-written:
+    torch.distributed.nn.functional.all_reduce is deprecated)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
+    return _AllReduceSum.apply(x)
+
+
 class AllReduceBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics cover every process's batch (CPU / gloo)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
-        n_local = x.shape[0] * x.shape[2] * x.shape[3]
-        # per-channel [sum, sum of squares, count], summed over processes (autograd-aware)
-        stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)),
-                           x.new_full((1,), float(n_local))])
-        stats = all_reduce(stats)
+        # Two passes (mean, then centred squares) rather than E[x^2] - E[x]^2, which loses
+        # precision when |mean| >> std; both sums are all-reduced with autograd-aware ops.
         c = x.shape[1]
-        count = stats[2 * c]
+        n_local = x.shape[0] * x.shape[2] * x.shape[3]
+        stats = all_reduce(torch.cat([x.sum((0, 2, 3)), x.new_full((1,), float(n_local))]))
+        count = stats[c]
         mean = stats[:c] / count
-        var = stats[c:2 * c] / count - mean * mean  # biased, used to normalise
+        centred = x - mean[None, :, None, None]
+        var = all_reduce((centred * centred).sum((0, 2, 3))) / count  # biased, used to normalise
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(var.detach() * count / max(count - 1, 1), alpha=m)
-        y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        y = centred * torch.rsqrt(var[None, :, None, None] + self.eps)
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
         return y

@@ -288,7 +288,7 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
                 if step % cfg.log_interval == 0 or step == total_steps:
                     rec = {"step": step, "loss": interval_loss / interval_n, "lr": lr, "img_per_s": ips}
                     history.append(rec)
-                    if not (cfg.progress and info.is_main):
+                    if info.is_main and not cfg.progress:
                         logger.info("step %d/%d loss %.4f lr %.3g %.1f img/s", step, total_steps, rec["loss"], lr, ips)
                     interval_loss, interval_n = 0.0, 0
                     if writer is not None:
