@@ -21,7 +21,6 @@ from torchspine.search.surrogate import SurrogateReward
 from torchspine.specs import SpineNetSpec
 
 
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     # Tiny models on a shared 2-core machine: one intra-op thread avoids contention.

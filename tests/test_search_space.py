@@ -14,7 +14,6 @@ from torchspine.search.space import SPACE_PRESETS, TABLE1_ALLOCATIONS, SearchSpa
 from torchspine.specs import SPINENET_BLOCKS, StemSpec, spinenet_spec
 
 
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     # Tiny models on a shared 2-core machine: one intra-op thread avoids contention.

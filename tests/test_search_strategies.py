@@ -98,7 +98,7 @@ def _numpy_log_prob(ctrl: Controller, decisions: list[int]) -> float:
     h = np.zeros(hs)
     c = np.zeros(hs)
     x = sd["start"]
-    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    sig = lambda z: 1 / (1 + np.exp(-z))
     total = 0.0
     for t, step in enumerate(ctrl.space.steps):
         z = sd["cell.weight_ih"] @ x + sd["cell.bias_ih"] + sd["cell.weight_hh"] @ h + sd["cell.bias_hh"]

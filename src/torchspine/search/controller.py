@@ -22,8 +22,9 @@ then ``b <- baseline_decay * b + (1 - baseline_decay) * R`` (``b`` starts at the
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn

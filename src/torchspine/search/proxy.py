@@ -117,7 +117,7 @@ class ProxyTask:
     split_seed: int = 0
     reward_metric: str = "AP"
 
-    def validate(self) -> "ProxyTask":
+    def validate(self) -> ProxyTask:
         if (self.train_ann is None) != (self.train_images is None):
             raise ValueError("proxy task: train_ann and train_images must be given together")
         if self.train_ann is not None and not Path(self.train_ann).is_file():
@@ -139,10 +139,10 @@ class ProxyTask:
         return self
 
     @classmethod
-    def quick(cls, **overrides: Any) -> "ProxyTask":
+    def quick(cls, **overrides: Any) -> ProxyTask:
         """Settings for a CPU trial of about a minute on the built-in dataset (not the paper's)."""
-        kw: dict[str, Any] = dict(image_size=128, max_steps=30, batch_size=8, lr=0.28 * 4, warmup_steps=5,
-                                  val_fraction=0.125, eval_max_images=32)
+        kw: dict[str, Any] = {"image_size": 128, "max_steps": 150, "batch_size": 8, "lr": 0.28 * 4,
+                              "warmup_steps": 10, "val_fraction": 0.125, "eval_max_images": 32}
         kw.update(overrides)
         return cls(**kw)
 
@@ -189,7 +189,7 @@ class ProxyTask:
                 out[k] = float(metrics[k])
         return out
 
-    def with_overrides(self, **kw: Any) -> "ProxyTask":
+    def with_overrides(self, **kw: Any) -> ProxyTask:
         return replace(self, **kw).validate()
 
 

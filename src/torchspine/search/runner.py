@@ -25,16 +25,17 @@ import math
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from torchspine.search.journal import Journal, TrialRecord
 from torchspine.search.strategy import Proposal, Strategy, load_strategy, save_strategy
 from torchspine.specs.spec import SpineNetSpec
 from torchspine.utils import atomic_write, atomic_write_text
 
-__all__ = ["RunnerConfig", "SearchResult", "run_search", "evaluate_trial", "init_ray", "plot_rewards"]
+__all__ = ["RunnerConfig", "SearchResult", "evaluate_trial", "init_ray", "plot_rewards", "run_search"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class RunnerConfig:
     trial_timeout_s: float | None = None
     top_k: int = 5
 
-    def validate(self) -> "RunnerConfig":
+    def validate(self) -> RunnerConfig:
         if self.trials < 1:
             raise ValueError(f"search: trials must be >= 1, got {self.trials}")
         if self.parallel < 1:
@@ -111,7 +112,7 @@ def evaluate_trial(reward_fn: RewardFn, spec_dict: dict[str, Any]) -> dict[str, 
                     "start_time": start, "end_time": time.time()}
         return {"status": "ok", "reward": reward, "metrics": metrics, "error": None,
                 "start_time": start, "end_time": time.time()}
-    except Exception as e:  # any crash of the trial is a failed trial, not a failed search
+    except Exception as e:  # noqa: BLE001  (any crash of a trial is a failed trial, not a failed search)
         return {"status": "failed", "reward": None, "metrics": {}, "start_time": start, "end_time": time.time(),
                 "error": f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"}
 
@@ -142,7 +143,7 @@ def init_ray(*, address: str | None = None, object_store_memory: int = 256 * 102
 
 
 def _config_matches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    return [k for k in ("strategy", "space", "seed", "reward") if k in current and saved.get(k) != current[k]]
+    return [k for k in ("strategy", "space", "seed", "reward", "proxy") if k in current and saved.get(k) != current[k]]
 
 
 def run_search(strategy: Strategy, reward_fn: RewardFn, config: RunnerConfig, *,
@@ -155,7 +156,7 @@ def run_search(strategy: Strategy, reward_fn: RewardFn, config: RunnerConfig, *,
         reward_fn: ``spec -> reward`` or ``spec -> {"reward": ..., other metrics}``; must be
             picklable for Ray (a module-level function or a dataclass such as ``ProxyTask``).
         search_config: settings written to the journal's first line; a resume with different
-            ``strategy`` / ``space`` / ``seed`` / ``reward`` raises ``ValueError``.
+            ``strategy`` / ``space`` / ``seed`` / ``reward`` / ``proxy`` raises ``ValueError``.
         callback: called with each finished trial (the command's progress display).
     """
     config.validate()
@@ -251,7 +252,7 @@ def _run_on_ray(config: RunnerConfig, reward_fn: RewardFn, journal: Journal,
             p, start = running.pop(ref)
             try:
                 result = ray.get(ref)
-            except Exception as e:  # the worker died (OOM, segfault) or the task was cancelled
+            except Exception as e:  # noqa: BLE001  (the worker died: OOM, segfault; or it was cancelled)
                 result = {"status": "failed", "reward": None, "metrics": {}, "start_time": start,
                           "end_time": time.time(), "error": f"{type(e).__name__}: {e}"}
             complete(p, result)

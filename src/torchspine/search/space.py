@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Sequence
 
 from torchspine.specs.spec import (
+    BLOCK_TYPE_CODES,
     MAX_SUPPORTED_LEVEL,
     MIN_SUPPORTED_LEVEL,
-    BLOCK_TYPE_CODES,
     BlockSpec,
     ScalingSpec,
     SpineNetSpec,
@@ -44,11 +44,11 @@ from torchspine.specs.spec import (
 )
 
 __all__ = [
+    "SPACE_PRESETS",
+    "TABLE1_ALLOCATIONS",
     "Allocation",
     "SearchSpace",
     "Step",
-    "TABLE1_ALLOCATIONS",
-    "SPACE_PRESETS",
     "search_space",
 ]
 

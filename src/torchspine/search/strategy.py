@@ -26,7 +26,7 @@ from torchspine.search.space import SearchSpace
 from torchspine.specs.spec import SpineNetSpec
 from torchspine.utils import atomic_write
 
-__all__ = ["Proposal", "Strategy", "STRATEGIES", "create_strategy", "save_strategy", "load_strategy", "is_failed"]
+__all__ = ["STRATEGIES", "Proposal", "Strategy", "create_strategy", "is_failed", "load_strategy", "save_strategy"]
 
 
 @dataclass(frozen=True)
