@@ -172,3 +172,22 @@ def test_bad_settings_raise():
         _tiny_space(level_adjustments=(0,)).__class__(intermediate_levels=(3,), block_types=("conv",))
     with pytest.raises(ValueError, match="expected"):
         search_space("r0_sp53").decode([0, 1])
+
+
+@pytest.mark.parametrize("name", ["hourglass", "fish"])
+def test_fixed_orderings_search_connections_only(name):
+    # Table 7: the Hourglass / Fish orderings of R0-SP53's blocks are fixed, so the space is
+    # R0-SP53's connections alone: 1 ordering, the same prod C(., 2) as r0_sp53 (same N and m).
+    from torchspine.specs.ablations import FIXED_ORDERINGS
+
+    sp = search_space(name)
+    terms = sp.size_terms()
+    assert terms["permutations"] == 1
+    assert terms["connections"] == search_space("r0_sp53").size_terms()["connections"]
+    assert sp.num_decisions == 2 * 15  # two parents per block, nothing else
+    rng = random.Random(0)
+    for _ in range(200):
+        d = sp.sample(rng)
+        spec = sp.decode(d)
+        assert tuple(b.level for b in spec.blocks) == FIXED_ORDERINGS[name].levels
+        assert sp.encode(spec) == d

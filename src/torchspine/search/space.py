@@ -22,7 +22,8 @@ decodes to a spec that passes :meth:`SpineNetSpec.validate`.
 
 The allocations of Table 1 are in :data:`TABLE1_ALLOCATIONS`; :data:`SPACE_PRESETS` are the
 searches of section 3.3-3.4 (R[N]-SP[M] with permutations and connections only; R0-SP53+
-with level adjustments; SpineNet-49 with level and block-type adjustments).
+with level adjustments; SpineNet-49 with level and block-type adjustments) and the fixed
+Hourglass / Fish orderings of Table 7 (connections only).
 """
 
 from __future__ import annotations
@@ -128,6 +129,8 @@ class SearchSpace:
         min_block_level, max_block_level: adjusted levels must stay in this range.
         scaling: the scaling preset of the decoded specs (SpineNet-49's by default; the
             proxy task scales it down itself).
+        fixed_order: build the blocks in the given order (no permutation decisions): the
+            Hourglass / Fish ablations of Table 7 learn connections only.
         name: a label, written into the journal.
     """
 
@@ -140,6 +143,7 @@ class SearchSpace:
     min_block_level: int = 1
     max_block_level: int = 7
     scaling: ScalingSpec = field(default_factory=ScalingSpec)
+    fixed_order: bool = False
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -197,8 +201,9 @@ class SearchSpace:
         n_int, n_out, n = self.num_intermediate, len(self.output_levels), self.num_blocks
         max_parent = self.num_stem_blocks + n - 1
         steps: list[Step] = []
-        steps += [Step("perm_intermediate", j, n_int) for j in range(n_int - 1)]  # the last slot is forced
-        steps += [Step("perm_output", j, n_out) for j in range(n_out - 1)]
+        if not self.fixed_order:
+            steps += [Step("perm_intermediate", j, n_int) for j in range(n_int - 1)]  # the last slot is forced
+            steps += [Step("perm_output", j, n_out) for j in range(n_out - 1)]
         for k in range(n):
             steps += [Step("parent_a", k, max_parent), Step("parent_b", k, max_parent)]
         if len(self.level_adjustments) > 1:
@@ -236,6 +241,8 @@ class SearchSpace:
     def _slot_order(self, prefix: Sequence[int]) -> list[int]:
         """The intermediate slots in build order (needs the whole intermediate permutation)."""
         n = self.num_intermediate
+        if self.fixed_order:
+            return list(range(n))
         order = list(prefix[: n - 1])
         order.append(next(s for s in range(n) if s not in order))
         return order
@@ -257,7 +264,8 @@ class SearchSpace:
             by_kind[s.kind].append(d)
         n_int, n_out = self.num_intermediate, len(self.output_levels)
         slots = self._slot_order(decisions)
-        outs = by_kind["perm_output"] + [next(s for s in range(n_out) if s not in by_kind["perm_output"])]
+        outs = (list(range(n_out)) if self.fixed_order else
+                by_kind["perm_output"] + [next(s for s in range(n_out) if s not in by_kind["perm_output"])])
         adjust = by_kind["level_adjust"] or [0] * n_int
         types = by_kind["block_type"] or [0] * self.num_blocks
         blocks = []
@@ -293,13 +301,19 @@ class SearchSpace:
                                  f"block two distinct parents")
             if b.block_type not in self.block_types:
                 raise ValueError(f"{label}: block {k} type {b.block_type!r} not in {self.block_types}")
-        slots = self._match_slots([b.level for b in spec.blocks[:n_int]])
+        levels = [b.level for b in spec.blocks[:n_int]]
+        if self.fixed_order:
+            ok = all(lvl - base in self.level_adjustments for lvl, base in zip(levels, self.intermediate_levels))
+            slots = list(range(n_int)) if ok else None
+        else:
+            slots = self._match_slots(levels)
         if slots is None:
             raise ValueError(f"{label}: intermediate levels {[b.level for b in spec.blocks[:n_int]]} cannot be "
                              f"reached from the allocation {self.intermediate_levels} with adjustments "
                              f"{self.level_adjustments}")
         out_levels = [b.level for b in spec.blocks[n_int:]]
-        if sorted(out_levels) != sorted(self.output_levels):
+        if sorted(out_levels) != sorted(self.output_levels) or (self.fixed_order and
+                                                                 tuple(out_levels) != self.output_levels):
             raise ValueError(f"{label}: output levels {out_levels} are not a permutation of {self.output_levels}")
         outs = [self.output_levels.index(lvl) for lvl in out_levels]
         decisions: list[int] = []
@@ -370,7 +384,7 @@ class SearchSpace:
         adjustment is masked; ``block_types`` = 2^N.
         """
         n_int, n = self.num_intermediate, self.num_blocks
-        perm = math.factorial(n_int) * math.factorial(len(self.output_levels))
+        perm = 1 if self.fixed_order else math.factorial(n_int) * math.factorial(len(self.output_levels))
         conn = math.prod(math.comb(len(self.parent_candidates(k)), 2) for k in range(n))
         adj = math.prod(
             sum(self.min_block_level <= lvl + a <= self.max_block_level for a in self.level_adjustments)
@@ -393,6 +407,7 @@ class SearchSpace:
             "intermediate_window": self.intermediate_window,
             "level_adjustments": list(self.level_adjustments),
             "block_types": list(self.block_types),
+            "fixed_order": self.fixed_order,
             "num_decisions": self.num_decisions,
             "log10_size": math.log10(self.size()),
         }
@@ -415,6 +430,10 @@ SPACE_PRESETS: dict[str, dict] = {
     "r0_sp53_plus": {"alloc": "r0_sp53", "level_adjustments": (-1, 0, 1, 2)},
     "spinenet49": {"alloc": "r0_sp53", "level_adjustments": (-1, 0, 1, 2),
                    "block_types": ("bottleneck", "residual")},
+    # Table 7: fixed Hourglass / Fish orderings of R0-SP53's blocks, connections searched
+    # (the orderings are data of torchspine.specs.ablations).
+    "hourglass": {"ordering": "hourglass"},
+    "fish": {"ordering": "fish"},
 }
 
 
@@ -424,6 +443,16 @@ def search_space(name: str, **overrides) -> SearchSpace:
     if key not in SPACE_PRESETS:
         raise ValueError(f"unknown search space {name!r}; known: {sorted(SPACE_PRESETS)}")
     kw = dict(SPACE_PRESETS[key])
+    if "ordering" in kw:
+        from torchspine.specs.ablations import FIXED_ORDERINGS
+
+        o = FIXED_ORDERINGS[kw.pop("ordering")]
+        kw.update(intermediate_levels=o.intermediate_levels, output_levels=o.output_levels,
+                  stem=StemSpec(block_levels=o.stem_levels, block_type=o.block_type),
+                  block_types=(o.block_type,), fixed_order=True)
+        kw.update(overrides)
+        kw.setdefault("name", key)
+        return SearchSpace(**kw)
     alloc = kw.pop("alloc")
     kw.update(overrides)
     kw.setdefault("name", key)
