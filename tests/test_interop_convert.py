@@ -142,6 +142,20 @@ def test_wrong_model_size_fails_with_a_listing(variables) -> None:
 
 
 @pytest.mark.tf
+def test_training_checkpoint_layout_is_found(variables) -> None:
+    # Model Garden training checkpoints nest the model under "model/" (checkpoint_items keyed
+    # under model/...); the converter finds the backbone and head wherever they are.
+    nested = {f"model/{k}": v for k, v in variables["sn49s_f64"].items()}
+    plain = convert_checkpoint(variables["sn49s_f64"], "retinanet_spinenet49s").state_dict
+    moved = convert_checkpoint(nested, "retinanet_spinenet49s").state_dict
+    assert plain.keys() == moved.keys() and all(torch.equal(plain[k], moved[k]) for k in plain)
+    # A backbone-only checkpoint for a detector: the head is reported missing.
+    backbone_only = {k: v for k, v in variables["sn49s_f64"].items() if not k.startswith("head/")}
+    with pytest.raises(ValueError, match="no Model Garden RetinaNet head"):
+        convert_checkpoint(backbone_only, "retinanet_spinenet49s")
+
+
+@pytest.mark.tf
 def test_cli_convert_writes_loadable_safetensors(official: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "mobile49.safetensors"
     rc = cli_main(["convert", str(official / "mb49" / "ckpt-1"), "--model", "spinenet_mobile49", "--out", str(out),
