@@ -224,3 +224,31 @@ def test_ray_run_of_the_real_proxy_task(tmp_path, monkeypatch):
         assert 0.0 <= r.reward <= 1.0 and r.reward == r.metrics["AP"]
         assert r.metrics["steps"] == 2
     assert SpineNetSpec.load(str(tmp_path / "run" / "best.json")).scaling.filter_size_scale == 1.0  # full scale
+
+
+def test_search_command_writes_outputs_and_resumes(tmp_path, capsys):
+    from torchspine.cli import main
+    from torchspine.models.registry import create_model
+
+    out = tmp_path / "s"
+    argv = ["search", "--strategy", "evolution", "--trials", "6", "--reward", "surrogate", "--local",
+            "--space", "r0_sp53_plus", "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "6 trials, 0 failed" in text and "best spec:" in text
+    for name in ("journal.jsonl", "strategy.pt", "best.json", "best_specs.json", "rewards.png"):
+        assert (out / name).exists(), name
+    best = json.loads((out / "best_specs.json").read_text())[0]
+    # The printed best reward is the surrogate reward of the saved best spec, recomputed here.
+    spec = SpineNetSpec.load(str(out / "best.json"))
+    assert SurrogateReward()(spec) == pytest.approx(best["reward"])
+    assert f"{best['reward']:8.4f}" in text
+    model = create_model("spinenet", spec=str(out / "best.json"), filter_size_scale=0.25)
+    assert set(model.out_channels) == {"p3", "p4", "p5", "p6", "p7"}
+    # Rerun with more trials: resumes (the first six are not redone).
+    assert main([*argv[:4], "9", *argv[5:]]) == 0
+    starts = [e["trial_id"] for e in Journal(out / "journal.jsonl").events() if e["event"] == "start"]
+    assert starts == list(range(9))
+    # Bad input is a clear error.
+    assert main(["search", "--trials", "0", "--reward", "surrogate", "--local", "--out", str(tmp_path / "x")]) == 2
+    assert "trials must be >= 1" in capsys.readouterr().err
