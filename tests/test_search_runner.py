@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import pytest
 import torch
@@ -87,7 +87,7 @@ class _NamedReward:
 _KILL_SCRIPT = r"""
 import sys, time
 import torch
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from torchspine.search.runner import RunnerConfig, run_search
 from torchspine.search.space import search_space
 from torchspine.search.strategy import create_strategy
@@ -252,3 +252,14 @@ def test_search_command_writes_outputs_and_resumes(tmp_path, capsys):
     # Bad input is a clear error.
     assert main(["search", "--trials", "0", "--reward", "surrogate", "--local", "--out", str(tmp_path / "x")]) == 2
     assert "trials must be >= 1" in capsys.readouterr().err
+
+
+def test_resume_with_proxy_settings_compares_them_as_json(tmp_path):
+    from torchspine.search.proxy import ProxyTask
+    from torchspine.search.runner import _config_matches
+
+    info = {"strategy": "rl", "reward": "proxy", "proxy": asdict(ProxyTask.quick())}
+    saved = json.loads(json.dumps(info))  # as the journal reads it back (tuples become lists)
+    assert _config_matches(saved, info) == []
+    changed = {**info, "proxy": {**info["proxy"], "image_size": 256}}
+    assert _config_matches(saved, changed) == ["proxy"]

@@ -143,7 +143,11 @@ def init_ray(*, address: str | None = None, object_store_memory: int = 256 * 102
 
 
 def _config_matches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    return [k for k in ("strategy", "space", "seed", "reward", "proxy") if k in current and saved.get(k) != current[k]]
+    """Keys whose value differs from the journal's (compared as JSON: tuples read back as lists)."""
+    import json
+
+    return [k for k in ("strategy", "space", "seed", "reward", "proxy")
+            if k in current and saved.get(k) != json.loads(json.dumps(current[k]))]
 
 
 def run_search(strategy: Strategy, reward_fn: RewardFn, config: RunnerConfig, *,
