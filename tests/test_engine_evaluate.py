@@ -106,3 +106,32 @@ def test_evaluate_coco_runs_a_model_in_image_coordinates(tmp_path):
     m = evaluate_coco(oracle, ds, batch_size=2)
     assert m["AP"] == pytest.approx(1.0) and m["num_images"] == 2
     assert "box" in format_table(m) and "100.0" in format_table(m)
+
+
+class _MaskOracle(torch.nn.Module):
+    """Returns each image's ground-truth box and its rectangle mask as (N, 1, H, W) probabilities."""
+
+    def forward(self, images):
+        out = []
+        for im in images:
+            h, w = im.shape[-2:]
+            masks = torch.zeros(1, 1, h, w)
+            masks[0, 0, 10:70, 10:70] = 0.9
+            out.append({"boxes": torch.tensor([[10.0, 10.0, 70.0, 70.0]]), "scores": torch.tensor([0.9]),
+                        "labels": torch.tensor([1]), "masks": masks})
+        return out
+
+
+def test_mask_metrics_for_mask_predictions(tmp_path):
+    # One image, one square object with a polygon mask equal to its box: a predicted mask equal
+    # to that square gives mask AP 1.0; box AP 1.0 too.
+    data = {"images": [{"id": 1, "file_name": "1.png", "width": 100, "height": 100}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 60, 60], "area": 3600,
+                             "iscrowd": 0, "segmentation": [[10, 10, 70, 10, 70, 70, 10, 70]]}],
+            "categories": [{"id": 1, "name": "thing"}]}
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / "1.png")
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    ds = CocoDetection(tmp_path / "ann.json", tmp_path, with_masks=True)
+    m = evaluate_coco(_MaskOracle(), ds)
+    assert m["AP"] == pytest.approx(1.0) and m["mask_AP"] == pytest.approx(1.0)
+    assert "mask" in format_table(m)
