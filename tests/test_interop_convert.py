@@ -46,8 +46,10 @@ JOBS = {
     "sn49s_f64": ({"family": "spinenet", "model_id": "49S", "dtype": "float64", "inputs": [[128, 128], [256, 128]],
                    "seed": 2, "head": {"num_classes": 91, "num_anchors": 9, "num_convs": 4, "num_filters": 128}},
                   "spinenet49s", torch.float64),
+    # With the separable-conv mobile head (4 x 48; reference section 8), 5 classes to keep it small.
     "mb49": ({"family": "mobile", "model_id": "49", "dtype": "float32", "inputs": [[128, 128], [256, 128]],
-              "seed": 3}, "spinenet_mobile49", torch.float32),
+              "seed": 3, "head": {"num_classes": 5, "num_anchors": 9, "num_convs": 4, "num_filters": 48,
+                                  "separable": True}}, "spinenet_mobile49", torch.float32),
 }
 TOL = {torch.float32: 1e-4, torch.float64: 1e-10}  # relative to the largest |output| (issue 7)
 
@@ -106,13 +108,18 @@ def test_model_garden_checkpoint_matches_official_outputs(official: Path, variab
 
 
 @pytest.mark.tf
-def test_model_garden_retinanet_head(official: Path, variables) -> None:
-    result = convert_checkpoint(variables["sn49s_f64"], "retinanet_spinenet49s")
-    model = build_converted("retinanet_spinenet49s", result.overrides, result.state_dict).double()
-    num_anchors, num_classes = 9, 91
-    with np.load(official / "sn49s_f64" / "io.npz") as io:
+@pytest.mark.parametrize("name,detector,num_classes,dtype", [
+    ("sn49s_f64", "retinanet_spinenet49s", 91, torch.float64),
+    ("mb49", "retinanet_spinenet_mobile49", 5, torch.float32),  # separable convs
+])
+def test_model_garden_retinanet_head(official: Path, variables, name: str, detector: str, num_classes: int,
+                                     dtype: torch.dtype) -> None:
+    result = convert_checkpoint(variables[name], detector, overrides={"num_classes": num_classes})
+    model = build_converted(detector, result.overrides, result.state_dict).to(dtype)
+    num_anchors = 9
+    with np.load(official / name / "io.npz") as io:
         for i in range(2):
-            x = torch.from_numpy(io[f"input_{i}"]).permute(0, 3, 1, 2)
+            x = torch.from_numpy(io[f"input_{i}"]).permute(0, 3, 1, 2).to(dtype)
             with torch.no_grad():
                 cls_maps, box_maps = model.head.forward_levels(list(model.backbone(x).values()))
             for li, lvl in enumerate(range(3, 8)):
@@ -124,7 +131,7 @@ def test_model_garden_retinanet_head(official: Path, variables) -> None:
                 assert cls_maps[li].shape == (1, num_anchors * num_classes, h, w)
                 for got, ref in ((cls_maps[li], ref_cls), (box_maps[li], ref_box)):
                     ref = ref.permute(0, 3, 1, 2)
-                    assert (got - ref).abs().max() <= 1e-10 * ref.abs().max(), (i, lvl)
+                    assert (got - ref).abs().max() <= TOL[dtype] * ref.abs().max(), (i, lvl)
 
 
 @pytest.mark.tf

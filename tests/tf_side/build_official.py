@@ -59,14 +59,19 @@ def build_backbone(job: dict, size: tuple[int, int]):
         return spinenet.SpineNet(
             input_specs=spec, endpoints_num_filters=sc["endpoints_num_filters"],
             resample_alpha=sc["resample_alpha"], block_repeats=sc["block_repeats"],
-            filter_size_scale=sc["filter_size_scale"], activation=job.get("activation", "relu"))
+            filter_size_scale=sc["filter_size_scale"], activation=_activation(job))
     from official.vision.modeling.backbones import spinenet_mobile
 
     sc = spinenet_mobile.SCALING_MAP[mid]
     return spinenet_mobile.SpineNetMobile(
         input_specs=spec, endpoints_num_filters=sc["endpoints_num_filters"],
         block_repeats=sc["block_repeats"], filter_size_scale=sc["filter_size_scale"],
-        activation=job.get("activation", "hard_swish"), se_ratio=0.2, expand_ratio=6)
+        activation=_activation(job), se_ratio=0.2, expand_ratio=6)
+
+
+def _activation(job: dict) -> str:
+    # One activation drives backbone and head (Model Garden norm_activation); mobile yamls: hard_swish.
+    return job.get("activation", "hard_swish" if job["family"] == "mobile" else "relu")
 
 
 def build_head(job: dict):
@@ -76,7 +81,7 @@ def build_head(job: dict):
     return dense_prediction_heads.RetinaNetHead(
         min_level=3, max_level=7, num_classes=h["num_classes"], num_anchors_per_location=h["num_anchors"],
         num_convs=h["num_convs"], num_filters=h["num_filters"], use_separable_conv=h.get("separable", False),
-        activation=job.get("activation", "relu"))
+        activation=_activation(job))
 
 
 def run_job(job: dict, out_dir: str) -> None:

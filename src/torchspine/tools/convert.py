@@ -474,7 +474,9 @@ def _model_overrides(name: str, codebase: str, overrides: dict[str, Any]) -> dic
     from torchspine.models.registry import _MODELS  # the builder's signature tells flavour support
 
     params = inspect.signature(_MODELS[name]).parameters
-    if "flavor" in params:
+    # SpineNet-Mobile builders (backbones and detectors) take the codebase as a flavour, which
+    # also selects its activation and squeeze-excitation gating.
+    if "flavor" in params or "mobile" in name:
         return {"flavor": codebase, **overrides}
     return {**CODEBASE_DEFAULTS[codebase], **overrides}
 

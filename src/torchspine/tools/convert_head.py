@@ -14,6 +14,8 @@ Two layout differences are converted, not just copied:
 * box deltas: TF encodes ``(dy, dx, dh, dw)`` (Model Garden ``box_ops.encode_boxes``,
   tensorflow/tpu ``box_coder``), torchvision's ``BoxCoder`` ``(dx, dy, dw, dh)``: the four
   outputs of every anchor are swapped pairwise;
+* separable heads (SpineNet-Mobile): ``depthwise_kernel`` / ``pointwise_kernel`` / ``bias`` of
+  TF ``separable_conv2d`` go to ``SeparableConv2d.depthwise`` / ``.pointwise``;
 * anchor order: per location scale-major then aspect ratio in both, but tensorflow/tpu lists
   the aspect ratios as (1.0, 2.0, 0.5) and Model Garden as (0.5, 1.0, 2.0) (reference
   section 8); the predictor outputs are reordered to the torchspine model's aspect ratios.
@@ -51,14 +53,17 @@ def _anchor_order(model: nn.Module, codebase: str) -> list[int] | str:
 def _names(codebase: str, names: set[str]) -> dict[str, str] | str:
     """TF name prefixes of the head's parts, keyed by role."""
     if codebase == "mg":
-        roots = sorted({n[: n.index("_classifier/")] for n in names if n.endswith("_classifier/kernel")}, key=len)
+        roots = sorted({n[: n.index("_classifier/")] for n in names
+                        if n.endswith(("_classifier/kernel", "_classifier/pointwise_kernel"))}, key=len)
         if not roots:
             return "head: no Model Garden RetinaNet head in the checkpoint (no '.../_classifier/kernel')"
         r = roots[0]
         return {"cls_conv": r + "_cls_convs/{k}/", "cls_norm": r + "_cls_norms/{li}/{k}/", "cls_pred": r + "_classifier/",
                 "box_conv": r + "_box_convs/{k}/", "box_norm": r + "_box_norms/{li}/{k}/", "box_pred": r + "_box_regressor/",
                 "root": r}
-    roots = sorted({n[: n.index("class_net/")] for n in names if n.endswith("class_net/class-predict/kernel")}, key=len)
+    roots = sorted({n[: n.index("class_net/")] for n in names
+                    if n.endswith(("class_net/class-predict/kernel", "class_net/class-predict/pointwise_kernel"))},
+                   key=len)
     if not roots:
         return "head: no tensorflow/tpu RetinaNet head in the checkpoint (no '.../class_net/class-predict/kernel')"
     r = roots[0]
@@ -75,9 +80,11 @@ def transfer_head(model: nn.Module, transfer: "_Transfer", *, codebase: str, nam
     parts = _names(codebase, names)
     if isinstance(parts, str):
         return [parts]
-    if codebase == "mg" and any(n.startswith(parts["root"]) and n.endswith("depthwise_kernel") for n in names):
-        return ["head: the checkpoint has a separable-conv head (SpineNet-Mobile RetinaNet); torchspine's "
-                "RetinaNetHead has plain convs, so it cannot hold these weights"]
+    separable = hasattr(head.cls_logits, "pointwise")  # SpineNet-Mobile's head (SeparableConv2d)
+    ckpt_separable = any(n.startswith(parts["root"]) and n.endswith("pointwise_kernel") for n in names)
+    if separable != ckpt_separable:
+        return [f"head: the checkpoint's head convs are {'separable' if ckpt_separable else 'plain'}, the model's "
+                f"are {'separable' if separable else 'plain'} (SpineNet-Mobile detectors use separable heads)"]
     order = _anchor_order(model, codebase)
     if isinstance(order, str):
         return [order]
@@ -87,11 +94,19 @@ def transfer_head(model: nn.Module, transfer: "_Transfer", *, codebase: str, nam
                                     (head.box_tower, "bbox_reg", "box", "box")):
         tname = "cls_tower" if role == "cls" else "box_tower"
         for k in range(len(tower.convs)):
-            transfer.conv(f"head.{tname}.convs.{k}", parts[f"{role}_conv"].format(k=k))
+            path, prefix = f"head.{tname}.convs.{k}", parts[f"{role}_conv"].format(k=k)
+            if separable:  # TF separable_conv2d: depthwise_kernel, pointwise_kernel, bias
+                transfer.conv(f"{path}.depthwise", prefix)
+                _pointwise(transfer, f"{path}.pointwise", prefix)
+            else:
+                transfer.conv(path, prefix)
             for li, lvl in enumerate(levels):
                 transfer.bn(f"head.{tname}.norms.{li}.{k}", parts[f"{role}_norm"].format(k=k, li=li, level=lvl))
-        _predictor(transfer, f"head.{pred}", parts[f"{role}_pred"], order,
-                   per_anchor=head.num_classes if kind == "cls" else 4, swap=kind == "box")
+        if separable:
+            transfer.conv(f"head.{pred}.depthwise", parts[f"{role}_pred"])
+        _predictor(transfer, f"head.{pred}.pointwise" if separable else f"head.{pred}", parts[f"{role}_pred"], order,
+                   per_anchor=head.num_classes if kind == "cls" else 4, swap=kind == "box",
+                   kernel_name="pointwise_kernel" if separable else "kernel")
     extra_convs = [n for n in names if re.search(r"(_cls_convs/|class-)(\d+)/kernel$", n)
                    and int(re.search(r"(\d+)/kernel$", n).group(1)) >= len(head.cls_tower.convs)]
     if extra_convs:
@@ -100,19 +115,26 @@ def transfer_head(model: nn.Module, transfer: "_Transfer", *, codebase: str, nam
     return problems
 
 
+def _pointwise(transfer: "_Transfer", path: str, prefix: str) -> None:
+    kernel = transfer._take(prefix + "pointwise_kernel")
+    if kernel is not None:
+        transfer._put(f"{path}.weight", kernel.transpose(3, 2, 0, 1), prefix + "pointwise_kernel", tuple(kernel.shape))
+    transfer._put(f"{path}.bias", transfer._take(prefix + "bias"), prefix + "bias")
+
+
 def _predictor(transfer: "_Transfer", path: str, prefix: str, order: list[int], *, per_anchor: int,
-               swap: bool) -> None:
+               swap: bool, kernel_name: str = "kernel") -> None:
     """Class / box predictor with output channels reordered (anchor order, box coordinate order)."""
-    kernel = transfer._take(prefix + "kernel")
+    kernel = transfer._take(prefix + kernel_name)
     bias = transfer._take(prefix + "bias")
     if kernel is None or bias is None:
         return
     n_out = kernel.shape[-1]
     if n_out != len(order) * per_anchor:
-        transfer.mismatched.append(f"{prefix}kernel {list(kernel.shape)}: {n_out} outputs, the model has "
+        transfer.mismatched.append(f"{prefix}{kernel_name} {list(kernel.shape)}: {n_out} outputs, the model has "
                                    f"{len(order)} anchors x {per_anchor} = {len(order) * per_anchor}")
         return
     inner = list(_BOX_SWAP) if swap else list(range(per_anchor))
     idx = np.array([a_tf * per_anchor + inner[j] for a_tf in order for j in range(per_anchor)])
-    transfer._put(f"{path}.weight", kernel[..., idx].transpose(3, 2, 0, 1), prefix + "kernel", tuple(kernel.shape))
+    transfer._put(f"{path}.weight", kernel[..., idx].transpose(3, 2, 0, 1), prefix + kernel_name, tuple(kernel.shape))
     transfer._put(f"{path}.bias", bias[idx], prefix + "bias")
