@@ -173,6 +173,11 @@ def test_cli_convert_writes_loadable_safetensors(official: Path, tmp_path: Path,
     assert model.spec.padding == "same" and model.spec.activation == "hard_swish"
     with np.load(official / "mb49" / "io.npz") as io:
         _compare(model, io, torch.float32)
+    # The converted file feeds `torchspine export` directly (its recorded settings are used).
+    pytest.importorskip("onnxruntime")
+    rc = cli_main(["export", "--model", "spinenet_mobile49", "--weights", str(out), "--static", "--size", "128",
+                   "--out", str(tmp_path / "m.onnx")])
+    assert rc == 0 and "max relative difference" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
