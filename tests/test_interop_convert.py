@@ -20,7 +20,6 @@ import pytest
 import torch
 
 from torchspine.cli import main as cli_main
-from torchspine.models.registry import create_model
 from torchspine.tools.convert import (
     _KerasGraph,
     build_converted,
