@@ -308,3 +308,23 @@ def test_postprocess_equals_torchvision_with_background_removed():
         assert len(a["boxes"]) == 100
         for k in ("boxes", "scores", "labels"):
             assert torch.equal(a[k], b[k]), k
+
+
+def test_detectors_accept_any_backbone_spec(tmp_path):
+    # A search result (JSON file or genome) becomes a detector with a preset's head settings:
+    # create_model("retinanet_spinenet", spec="best.json") (issue #5 item 5).
+    from torchspine.specs import spinenet_spec
+
+    spec = spinenet_spec("49s", filter_size_scale=0.25, endpoints_num_filters=16)
+    spec.save(tmp_path / "best.json")
+    with torch.device("meta"):
+        det = create_model("retinanet_spinenet", spec=str(tmp_path / "best.json"), preset="49s", num_classes=5)
+        mrc = create_model("maskrcnn_spinenet", spec=spec.to_genome(), num_classes=5)
+    assert det.backbone.spec.scaling == spec.scaling
+    # 49S preset head: 4 convs of 128 filters (paper section 4.1); the box tower's first conv
+    # reads the 16 endpoint filters of this spec.
+    assert det.head.box_tower.convs[0].weight.shape == (128, 16, 3, 3)
+    # Mask R-CNN keeps its official BN setting (0.99 / 1e-3) on a custom spec too.
+    assert (mrc.backbone.spec.norm.momentum, mrc.backbone.spec.norm.epsilon) == (0.99, 1e-3)
+    with pytest.raises(ValueError, match="preset"):
+        create_model("retinanet_spinenet", spec=spec, preset="50")

@@ -42,7 +42,7 @@ from torchspine.models.backbone import SpineNet
 from torchspine.models.registry import register_model
 from torchspine.models.retinanet import split_detector_kwargs
 from torchspine.models.transform import DetectionTransform, ResizeMode
-from torchspine.specs.spec import NormSpec
+from torchspine.specs.spec import NormSpec, SpineNetSpec
 from torchspine.specs.zoo import spinenet_spec
 
 __all__ = ["MASKRCNN_PRESETS", "MaskRCNNPreset", "SpineNetMaskRCNN", "RPNHeadPerLevelBN", "ConvFCBoxHead",
@@ -228,7 +228,8 @@ class SpineNetMaskRCNN(MaskRCNN):
         return {"objectness": objectness[0], "scores": scores, "boxes": boxes, "masks": masks}
 
 
-def _maskrcnn(model_id: str, **kwargs: Any) -> SpineNetMaskRCNN:
+def _maskrcnn(model_id: str, *, spec: Any = None, **kwargs: Any) -> SpineNetMaskRCNN:
+    """The preset's detector; ``spec`` (object, dict, genome or JSON path) replaces its backbone spec."""
     det, spec_overrides = split_detector_kwargs(kwargs, MASKRCNN_KEYS)
     preset = MASKRCNN_PRESETS[model_id]
     settings: dict[str, Any] = dict(image_size=preset.image_size, anchor_size=preset.anchor_size)
@@ -236,7 +237,10 @@ def _maskrcnn(model_id: str, **kwargs: Any) -> SpineNetMaskRCNN:
     # Official Mask R-CNN SpineNet yamls: BN momentum 0.99, epsilon 1e-3 (reference section 7).
     spec_overrides.setdefault("momentum", 0.99)
     spec_overrides.setdefault("epsilon", 1e-3)
-    backbone = SpineNet(spinenet_spec(model_id, **spec_overrides))
+    base = spinenet_spec(model_id) if spec is None else SpineNetSpec.coerce(spec)
+    backbone = SpineNet(base.replace(**spec_overrides) if spec_overrides else base)
+    if spec is not None:
+        kwargs = dict(kwargs, spec=backbone.spec.to_dict())
     model = SpineNetMaskRCNN(backbone, **settings)
     model.config = OrderedDict(name=f"maskrcnn_spinenet{model_id}", **kwargs)
     return model
@@ -256,3 +260,12 @@ def _register(model_id: str) -> None:
 
 for _id in MASKRCNN_PRESETS:
     _register(_id)
+
+
+@register_model
+def maskrcnn_spinenet(spec: Any, *, preset: str = "49", **kwargs: Any) -> SpineNetMaskRCNN:
+    """A Mask R-CNN on any backbone spec (a search result, JSON path or genome), with the
+    detector settings of ``preset`` (head, anchors, image size): ``create_model("maskrcnn_spinenet", spec="best.json")``."""
+    if preset not in MASKRCNN_PRESETS:
+        raise ValueError(f"preset {preset!r} unknown; expected one of {sorted(MASKRCNN_PRESETS)}")
+    return _maskrcnn(preset, spec=spec, **kwargs)

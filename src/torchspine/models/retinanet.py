@@ -32,6 +32,7 @@ from torchspine.models.backbone import SpineNet
 from torchspine.models.heads import RetinaNetHead
 from torchspine.models.registry import register_model
 from torchspine.models.transform import DetectionTransform, ResizeMode
+from torchspine.specs.spec import SpineNetSpec
 from torchspine.specs.zoo import spinenet_spec
 
 __all__ = ["DETECTOR_PRESETS", "DetectorPreset", "SpineNetRetinaNet", "split_detector_kwargs"]
@@ -185,13 +186,17 @@ class SpineNetRetinaNet(RetinaNet):
         return self.head(list(self.backbone(x).values()))
 
 
-def _retinanet(model_id: str, **kwargs: Any) -> SpineNetRetinaNet:
+def _retinanet(model_id: str, *, spec: Any = None, **kwargs: Any) -> SpineNetRetinaNet:
+    """The preset's detector; ``spec`` (object, dict, genome or JSON path) replaces its backbone spec."""
     det, spec_overrides = split_detector_kwargs(kwargs, RETINANET_KEYS)
     preset = DETECTOR_PRESETS[model_id]
     settings: dict[str, Any] = dict(image_size=preset.image_size, head_num_filters=preset.head_num_filters,
                                     head_num_convs=preset.head_num_convs, anchor_size=preset.anchor_size)
     settings.update(det)
-    backbone = SpineNet(spinenet_spec(model_id, **spec_overrides))
+    base = spinenet_spec(model_id) if spec is None else SpineNetSpec.coerce(spec)
+    backbone = SpineNet(base.replace(**spec_overrides) if spec_overrides else base)
+    if spec is not None:
+        kwargs = dict(kwargs, spec=backbone.spec.to_dict())
     model = SpineNetRetinaNet(backbone, **settings)
     model.config = OrderedDict(name=f"retinanet_spinenet{model_id}", **kwargs)  # how to rebuild it
     return model
@@ -211,3 +216,12 @@ def _register(model_id: str) -> None:
 
 for _id in DETECTOR_PRESETS:
     _register(_id)
+
+
+@register_model
+def retinanet_spinenet(spec: Any, *, preset: str = "49", **kwargs: Any) -> SpineNetRetinaNet:
+    """A RetinaNet on any backbone spec (a search result, JSON path or genome), with the
+    detector settings of ``preset`` (head, anchors, image size): ``create_model("retinanet_spinenet", spec="best.json")``."""
+    if preset not in DETECTOR_PRESETS:
+        raise ValueError(f"preset {preset!r} unknown; expected one of {sorted(DETECTOR_PRESETS)}")
+    return _retinanet(preset, spec=spec, **kwargs)

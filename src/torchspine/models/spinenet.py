@@ -14,8 +14,7 @@ __all__ = ["spinenet_from_spec"]
 
 def spinenet_from_spec(spec: SpineNetSpec | str, **overrides: Any) -> SpineNet:
     """A backbone from a spec object, a JSON / genome file path, or a genome string."""
-    if isinstance(spec, str):
-        spec = SpineNetSpec.from_genome(spec) if spec.startswith("v1|") else SpineNetSpec.load(spec)
+    spec = SpineNetSpec.coerce(spec)
     return SpineNet(spec.replace(**overrides) if overrides else spec)
 
 

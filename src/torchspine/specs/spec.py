@@ -385,6 +385,20 @@ class SpineNetSpec:
         return cls.from_dict(data, source=source)
 
     @classmethod
+    def coerce(cls, spec: Any, *, source: str = "spec") -> "SpineNetSpec":
+        """A validated spec from a spec object, its dict, a genome string, or a JSON / genome file path."""
+        if isinstance(spec, SpineNetSpec):
+            return spec.validate()
+        if isinstance(spec, dict):
+            return cls.from_dict(spec, source=source)
+        if isinstance(spec, str):
+            return cls.from_genome(spec) if spec.startswith("v1|") else cls.load(spec)
+        if hasattr(spec, "__fspath__"):
+            return cls.load(spec)
+        raise ValueError(f"{source}: expected a SpineNetSpec, a dict, a genome string or a JSON path, "
+                         f"got {type(spec).__name__}")
+
+    @classmethod
     def load(cls, path: str) -> "SpineNetSpec":
         """Read a spec from a JSON file (or a file holding a genome string)."""
         with open(path, encoding="utf-8") as f:
