@@ -47,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         from torchspine.commands import profile
 
         print("== SpineNet family: parameters and multiply-adds ==")
-        profile.run(argparse.Namespace(models=[], size=None, json_out=None))
+        profile_parser = argparse.ArgumentParser()
+        profile.add_arguments(profile_parser)  # the profile command's own defaults
+        profile.run(profile_parser.parse_args([]))
     print(f"\n== built-in dataset -> {out / 'data'} ==")
     paths = ensure_synth(out / "data")
     over: dict = {"output_dir": str(out / "train"), "train_ann": str(paths["train_ann"]),
