@@ -14,15 +14,6 @@ from torchspine.specs.spec import NormSpec
 from torchspine.tools.profile import count_macs, count_params
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: 2 OpenMP threads per process on a shared 2-core machine are
-    much slower than one when other processes are busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _meta(name: str, **overrides) -> nn.Module:
     with torch.device("meta"):

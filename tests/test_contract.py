@@ -33,15 +33,6 @@ EXPECTED_SIZES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads per process slow
-    these tiny models down by orders of magnitude when other processes are busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _backbone_names() -> list[str]:
     names = []

@@ -16,15 +16,6 @@ from torchspine.models.retinanet import SpineNetRetinaNet
 from torchspine.models.transform import DetectionTransform, to_rgb_float
 from torchspine.tools.profile import count_macs, count_params
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine, 2 OpenMP threads per process stall tiny
-    models badly when other processes are busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 TINY = dict(filter_size_scale=0.25, endpoints_num_filters=32, head_num_filters=32, image_size=256)
 

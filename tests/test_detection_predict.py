@@ -14,15 +14,6 @@ from torchspine import create_model
 from torchspine.cli import main
 from torchspine.inference import load_weights, predict, prepare_for_inference, read_image, to_coco_results
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine, 2 OpenMP threads per process stall tiny
-    models badly when other processes are busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 TINY = dict(filter_size_scale=0.25, endpoints_num_filters=32, head_num_filters=32, image_size=128)
 TINY_ARGS = ["--set", "filter_size_scale=0.25", "--set", "endpoints_num_filters=32", "--set", "head_num_filters=32",

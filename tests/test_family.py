@@ -15,14 +15,6 @@ from torchspine.specs.spec import SpineNetSpec
 from torchspine.tools.profile import count_macs, count_params
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models on a shared 2-core machine run faster and reproducibly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def meta_params(name: str, **kw) -> int:
     with torch.device("meta"):

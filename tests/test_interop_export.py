@@ -18,14 +18,6 @@ TINY = {"filter_size_scale": 0.25, "endpoints_num_filters": 16}
 TOL = 1e-4  # of the largest output magnitude (float32 CPU kernels differ only by rounding)
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_backbone_model_garden_padding_static_size_dynamic_batch(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = create_model("spinenet49s", padding="same", **TINY).eval()

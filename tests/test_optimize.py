@@ -10,15 +10,6 @@ import torchspine
 from torchspine.tools.optimize import fold_batch_norms_, optimize_for_inference
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads per process slow
-    these tiny models down by orders of magnitude when other processes are busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _randomize_bn_(model: nn.Module, seed: int = 0) -> None:
     """Non-trivial BN statistics, so that folding has something to get wrong."""

@@ -11,7 +11,6 @@ import time
 from dataclasses import asdict, dataclass
 
 import pytest
-import torch
 
 from torchspine.search.journal import Journal
 from torchspine.search.runner import RunnerConfig, run_search
@@ -20,14 +19,6 @@ from torchspine.search.strategy import create_strategy
 from torchspine.search.surrogate import SurrogateReward
 from torchspine.specs import SpineNetSpec
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread avoids contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def test_journal_tolerates_a_truncated_last_line(tmp_path):
     j = Journal(tmp_path / "j.jsonl")

@@ -14,14 +14,6 @@ from torchspine.search.space import SPACE_PRESETS, TABLE1_ALLOCATIONS, SearchSpa
 from torchspine.specs import SPINENET_BLOCKS, StemSpec, spinenet_spec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread avoids contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 def test_r0_sp53_sizes_match_paper_formulas():
     # Paper 3.1 with N = 15 blocks, m = 2 stem blocks (R0-SP53, Table 1):
     # permutations (N-5)! 5! = 10! * 5! = 3628800 * 120.

@@ -16,13 +16,6 @@ from torchspine.search.strategy import create_strategy, load_strategy, save_stra
 from torchspine.specs import StemSpec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _tiny() -> SearchSpace:
     # 1 intermediate (L3) + outputs L3, L4; stem of 2 blocks; no window; two block types.
