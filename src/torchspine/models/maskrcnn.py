@@ -40,10 +40,9 @@ from torchspine.layers.conv import create_act, create_norm
 from torchspine.models.anchors import SpineNetAnchorGenerator
 from torchspine.models.backbone import SpineNet
 from torchspine.models.registry import register_model
-from torchspine.models.retinanet import split_detector_kwargs
+from torchspine.models.retinanet import detector_backbone, split_detector_kwargs
 from torchspine.models.transform import DetectionTransform, ResizeMode
-from torchspine.specs.spec import NormSpec, SpineNetSpec
-from torchspine.specs.zoo import spinenet_spec
+from torchspine.specs.spec import NormSpec
 
 __all__ = ["MASKRCNN_PRESETS", "MaskRCNNPreset", "SpineNetMaskRCNN", "RPNHeadPerLevelBN", "ConvFCBoxHead",
            "MaskHead"]
@@ -237,8 +236,7 @@ def _maskrcnn(model_id: str, *, spec: Any = None, **kwargs: Any) -> SpineNetMask
     # Official Mask R-CNN SpineNet yamls: BN momentum 0.99, epsilon 1e-3 (reference section 7).
     spec_overrides.setdefault("momentum", 0.99)
     spec_overrides.setdefault("epsilon", 1e-3)
-    base = spinenet_spec(model_id) if spec is None else SpineNetSpec.coerce(spec)
-    backbone = SpineNet(base.replace(**spec_overrides) if spec_overrides else base)
+    backbone = detector_backbone(model_id, spec, spec_overrides)
     if spec is not None:
         kwargs = dict(kwargs, spec=backbone.spec.to_dict())
     model = SpineNetMaskRCNN(backbone, **settings)

@@ -186,6 +186,12 @@ class SpineNetRetinaNet(RetinaNet):
         return self.head(list(self.backbone(x).values()))
 
 
+def detector_backbone(model_id: str, spec: Any, spec_overrides: dict[str, Any]) -> SpineNet:
+    """The preset's SpineNet (or ``spec``: object, dict, genome or JSON path), with overrides."""
+    base = spinenet_spec(model_id) if spec is None else SpineNetSpec.coerce(spec)
+    return SpineNet(base.replace(**spec_overrides) if spec_overrides else base)
+
+
 def _retinanet(model_id: str, *, spec: Any = None, **kwargs: Any) -> SpineNetRetinaNet:
     """The preset's detector; ``spec`` (object, dict, genome or JSON path) replaces its backbone spec."""
     det, spec_overrides = split_detector_kwargs(kwargs, RETINANET_KEYS)
@@ -193,8 +199,7 @@ def _retinanet(model_id: str, *, spec: Any = None, **kwargs: Any) -> SpineNetRet
     settings: dict[str, Any] = dict(image_size=preset.image_size, head_num_filters=preset.head_num_filters,
                                     head_num_convs=preset.head_num_convs, anchor_size=preset.anchor_size)
     settings.update(det)
-    base = spinenet_spec(model_id) if spec is None else SpineNetSpec.coerce(spec)
-    backbone = SpineNet(base.replace(**spec_overrides) if spec_overrides else base)
+    backbone = detector_backbone(model_id, spec, spec_overrides)
     if spec is not None:
         kwargs = dict(kwargs, spec=backbone.spec.to_dict())
     model = SpineNetRetinaNet(backbone, **settings)
