@@ -23,7 +23,7 @@ from torchspine.layers.conv import ConvNormAct, MaxPool2dSame, create_act, init_
 from torchspine.layers.resample import ResampleWithAlpha, level_size
 from torchspine.specs.spec import SpineNetSpec
 
-__all__ = ["FeatureInfo", "SpineNet", "STEM_BUILDERS", "RESAMPLE_BUILDERS", "register_stem", "register_resample"]
+__all__ = ["FeatureInfo", "SpineNet", "Stem", "STEM_BUILDERS", "RESAMPLE_BUILDERS", "register_stem", "register_resample"]
 
 
 @dataclass(frozen=True)
@@ -56,19 +56,15 @@ def _block_group(spec: SpineNetSpec, block_type: str, in_channels: int, filters:
     return nn.Sequential(*blocks)
 
 
-class ResNetStem(nn.Module):
-    """7x7/2 conv (fixed filters) -> BN -> act -> 3x3/2 'SAME' max pool -> stem block groups."""
+class Stem(nn.Module):
+    """Base of the stems: an entry (conv, maybe a pool) then the stem block groups, each of which
+    strides up to its level; every group's output is a candidate parent (``feats``)."""
 
-    def __init__(self, spec: SpineNetSpec) -> None:
-        super().__init__()
+    def _build_groups(self, spec: SpineNetSpec, channels: int, level: int) -> None:
         st = spec.stem
-        self.conv = ConvNormAct(3, st.conv_filters, 7, stride=2, norm=spec.norm, act=spec.activation,
-                                padding=spec.padding)
-        self.pool = MaxPool2dSame(3, 2)
         family = BLOCK_REGISTRY[st.block_type]
         self.groups = nn.ModuleList()
         infos = []
-        channels, level = st.conv_filters, 2
         for lvl in st.block_levels:
             filters = spec.filters(lvl)
             self.groups.append(_block_group(spec, st.block_type, channels, filters,
@@ -77,13 +73,30 @@ class ResNetStem(nn.Module):
             infos.append(FeatureInfo(lvl, channels, st.block_type))
         self.feature_infos = tuple(infos)
 
+    def entry(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.pool(self.conv(x))
+        x = self.entry(x)
         feats = []
         for group in self.groups:
             x = group(x)
             feats.append(x)
         return feats
+
+
+class ResNetStem(Stem):
+    """7x7/2 conv (fixed filters) -> BN -> act -> 3x3/2 'SAME' max pool -> stem block groups."""
+
+    def __init__(self, spec: SpineNetSpec) -> None:
+        super().__init__()
+        self.conv = ConvNormAct(3, spec.stem.conv_filters, 7, stride=2, norm=spec.norm, act=spec.activation,
+                                padding=spec.padding)
+        self.pool = MaxPool2dSame(3, 2)
+        self._build_groups(spec, spec.stem.conv_filters, 2)
+
+    def entry(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.conv(x))
 
 
 # Stem and resampling builders by spec field, so model families plug in without a second

@@ -19,10 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchspine.layers.blocks import BLOCK_REGISTRY
 from torchspine.layers.conv import ConvNormAct
 from torchspine.layers.mbconv import ResampleSepConv
-from torchspine.models.backbone import FeatureInfo, SpineNet, _block_group, register_resample, register_stem
+from torchspine.models.backbone import FeatureInfo, SpineNet, Stem, register_resample, register_stem
 from torchspine.models.registry import register_model
 from torchspine.specs.mobile import MOBILE_SCALING, mobile_spec
 from torchspine.specs.spec import SpineNetSpec
@@ -30,34 +29,18 @@ from torchspine.specs.spec import SpineNetSpec
 __all__ = ["MobileStem", "MOBILE_MODEL_IDS"]
 
 
-class MobileStem(nn.Module):
+class MobileStem(Stem):
     """3x3/2 conv -> BN -> act (level 1), then stem block groups (official mobile stem)."""
 
     def __init__(self, spec: SpineNetSpec) -> None:
         super().__init__()
-        st = spec.stem
-        conv_filters = max(1, int(st.conv_filters * spec.scaling.filter_size_scale))
+        conv_filters = max(1, int(spec.stem.conv_filters * spec.scaling.filter_size_scale))
         self.conv = ConvNormAct(3, conv_filters, 3, stride=2, norm=spec.norm, act=spec.activation,
                                 padding=spec.padding)
-        family = BLOCK_REGISTRY[st.block_type]
-        self.groups = nn.ModuleList()
-        infos = []
-        channels, level = conv_filters, 1
-        for lvl in st.block_levels:
-            filters = spec.filters(lvl)
-            self.groups.append(_block_group(spec, st.block_type, channels, filters,
-                                            stride=2 ** (lvl - level), drop_path_rate=0.0))
-            channels, level = family.out_channels(filters), lvl
-            infos.append(FeatureInfo(lvl, channels, st.block_type))
-        self.feature_infos = tuple(infos)
+        self._build_groups(spec, conv_filters, 1)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.conv(x)
-        feats = []
-        for group in self.groups:
-            x = group(x)
-            feats.append(x)
-        return feats
+    def entry(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
 
 
 def _sepconv_resample(spec: SpineNetSpec, parent: FeatureInfo, target_level: int, target_channels: int) -> nn.Module:
