@@ -1,11 +1,12 @@
-"""Small shared helpers: atomic file writes."""
+"""Small shared helpers: atomic file writes, JSON files read with errors that name the file."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -38,3 +39,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.write(text)
 
     atomic_write(path, _write)
+
+
+def read_json(path: str | os.PathLike, *, what: str = "file") -> Any:
+    """Parse a JSON file; a missing file or bad JSON raises an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e

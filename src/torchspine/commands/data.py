@@ -5,7 +5,6 @@ duplicate ids)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -35,13 +34,10 @@ def run(args: argparse.Namespace) -> int:
     if args.data_command == "check":
         from torchspine.data.checks import check_coco
 
+        from torchspine.utils import read_json
+
         path = Path(args.ann)
-        if not path.is_file():
-            raise FileNotFoundError(f"annotation file {str(path)!r} not found")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        data = read_json(path, what="annotation file")
         report = check_coco(data, image_dir=args.images, source=str(path))
         if report.problems:
             print(report.summary(limit=100))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 from pathlib import Path
@@ -30,6 +29,7 @@ from pycocotools.coco import COCO
 
 from torchspine.data.checks import check_coco, enforce
 from torchspine.data.transforms import Compose, build_eval_transforms
+from torchspine.utils import read_json
 
 __all__ = ["CocoDetection", "collate_detection", "load_coco"]
 
@@ -41,12 +41,7 @@ def load_coco(ann_file: str | os.PathLike, *, image_dir: str | os.PathLike | Non
     """Read, check and index an annotation file; bad records stop the run or (``skip_bad``)
     are removed before pycocotools indexes the file."""
     ann_file = Path(ann_file)
-    if not ann_file.is_file():
-        raise FileNotFoundError(f"annotation file {str(ann_file)!r} not found")
-    try:
-        data = json.loads(ann_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{ann_file}: not valid JSON ({e})") from e
+    data = read_json(ann_file, what="annotation file")
     if not isinstance(data, dict):
         raise ValueError(f"{ann_file}: top level must be an object with images/annotations/categories")
     report = check_coco(data, image_dir=image_dir, source=str(ann_file))

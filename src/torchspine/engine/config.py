@@ -10,13 +10,14 @@ the global batch, or in steps (``max_steps``, ``decay_steps``), as the official 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from torchspine.utils import read_json
 
 __all__ = ["TrainConfig", "load_config", "list_recipes", "recipe_path"]
 
@@ -246,10 +247,7 @@ def list_recipes() -> list[str]:
 def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """Load a recipe file (or packaged recipe name) and apply ``overrides`` (validated)."""
     p = recipe_path(str(path))
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: not valid JSON ({e})") from e
+    d = read_json(p, what="recipe file")
     if not isinstance(d, dict):
         raise ValueError(f"{p}: expected a JSON object of TrainConfig fields")
     d.update(overrides)
