@@ -7,13 +7,13 @@ hits both alike; the median of the repetitions is reported. Settings, cumulative
   eager           no_grad, contiguous (NCHW), BN as trained
   inference_mode  + torch.inference_mode
   channels_last   + channels_last weights and input
-  fold_bn         + BN folded into the convs (torchspine.tools.optimize)
+  fold_bn         + BN folded into the convs (torchspine.models.optimize)
   compile         + torch.compile (Inductor, freezing: prepacked oneDNN weights, fused conv+act/add)
   bf16            fold_bn settings in bfloat16 (eager)
   bf16_compile    compile settings in bfloat16
 
 Prints milliseconds, achieved multiply-adds per second (conv + linear MACs counted by
-torchspine.tools.profile.count_macs), the ratio SpineNet / peer per setting, the ratio of
+torchspine.analysis.profile.count_macs), the ratio SpineNet / peer per setting, the ratio of
 every SpineNet setting to the peer's channels_last eager latency, timed in the same loop (the
 issue's goal: <= 0.65 in fp32), and the max relative error of the outputs against fp32 eager.
 
@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 import torchspine
-from torchspine.tools.optimize import optimize_for_inference
-from torchspine.tools.profile import count_macs
+from torchspine.models.optimize import optimize_for_inference
+from torchspine.analysis.profile import count_macs
 
 
 def build_peer() -> nn.Module:

@@ -6,11 +6,11 @@ detectors run on the same 480x640 image (a COCO-like aspect), batch 1, all CPU t
 interleaved (one call of each per repetition, so load from other processes hits both alike);
 the median is reported.
 
-* ours: ``retinanet_spinenet49`` prepared by :func:`torchspine.inference.prepare_for_inference`
+* ours: ``retinanet_spinenet49`` prepared by :func:`torchspine.models.optimize.prepare_for_inference`
   (the default for ``torchspine predict``: BN folded, per-level head BN folded, channels_last).
 * peer: ``torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None,
   min_size=640, max_size=640)`` as shipped, and the same peer given the same cheap wins
-  (:func:`torchspine.tools.optimize.optimize_for_inference`: BN folding, channels_last).
+  (:func:`torchspine.models.optimize.optimize_for_inference`: BN folding, channels_last).
 * ``score_thresh=0`` for both so that NMS sees its full load (1000 candidates per level) even
   with randomly initialised weights (whose class probabilities are all about 0.01).
 
@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from torchspine import create_model
-from torchspine.inference import prepare_for_inference
-from torchspine.tools.optimize import optimize_for_inference
+from torchspine.models.optimize import prepare_for_inference
+from torchspine.models.optimize import optimize_for_inference
 
 
 def timed(model: nn.Module, image: torch.Tensor, clock=time.perf_counter) -> float:

@@ -1,7 +1,7 @@
 """onnxruntime vs PyTorch CPU latency of SpineNet-49 (backbone + endpoints) at 640x640, batch 1.
 
 Both run in this process on the same threads; the ratio is what to read (the machine may be
-shared). The ONNX file comes from ``torchspine.tools.export.export_onnx`` (legacy exporter,
+shared). The ONNX file comes from ``torchspine.interop.onnx.export_onnx`` (legacy exporter,
 fixed size, ``--dynamic`` for the torch.export one). Usage:
 
     python benchmarks/bench_export.py [--model spinenet49] [--size 640] [--threads 2] [--repeat 10]
@@ -46,7 +46,7 @@ def main() -> int:
     import onnxruntime as ort
 
     from torchspine import create_model
-    from torchspine.tools.export import export_onnx
+    from torchspine.interop.onnx import export_onnx
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)

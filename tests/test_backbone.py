@@ -11,7 +11,7 @@ from torchspine.layers.conv import Conv2dSame, MaxPool2dSame, same_pad_amounts
 from torchspine.layers.resample import ResampleWithAlpha
 from torchspine.models.registry import create_model
 from torchspine.specs.spec import NormSpec
-from torchspine.tools.profile import count_macs, count_params
+from torchspine.analysis.profile import count_macs, count_params
 
 
 

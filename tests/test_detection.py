@@ -10,11 +10,11 @@ import torchvision
 from torchvision.ops import box_iou
 
 from torchspine import create_model
-from torchspine.models.anchors import SpineNetAnchorGenerator
-from torchspine.models.maskrcnn import SpineNetMaskRCNN
-from torchspine.models.retinanet import SpineNetRetinaNet
-from torchspine.models.transform import DetectionTransform, to_rgb_float
-from torchspine.tools.profile import count_macs, count_params
+from torchspine.models.detection.anchors import SpineNetAnchorGenerator
+from torchspine.models.detection.maskrcnn import SpineNetMaskRCNN
+from torchspine.models.detection.retinanet import SpineNetRetinaNet
+from torchspine.models.detection.transform import DetectionTransform, to_rgb_float
+from torchspine.analysis.profile import count_macs, count_params
 
 
 TINY = dict(filter_size_scale=0.25, endpoints_num_filters=32, head_num_filters=32, image_size=256)

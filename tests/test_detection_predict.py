@@ -12,7 +12,11 @@ from safetensors.torch import save_file
 
 from torchspine import create_model
 from torchspine.cli import main
-from torchspine.inference import load_weights, predict, prepare_for_inference, read_image, to_coco_results
+from torchspine.data.images import read_image
+from torchspine.engine.evaluate import to_coco_results
+from torchspine.engine.predict import predict
+from torchspine.models.optimize import prepare_for_inference
+from torchspine.models.saved import load_weights
 
 
 TINY = dict(filter_size_scale=0.25, endpoints_num_filters=32, head_num_filters=32, image_size=128)

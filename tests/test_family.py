@@ -12,7 +12,7 @@ from torchspine.models.backbone import SpineNet
 from torchspine.specs.ablations import FISH, HOURGLASS, graph_damage, ordering_spec
 from torchspine.specs.mobile import mobile_spec
 from torchspine.specs.spec import SpineNetSpec
-from torchspine.tools.profile import count_macs, count_params
+from torchspine.analysis.profile import count_macs, count_params
 
 
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from torchspine.cli import main as cli_main
-from torchspine.tools.convert import (
+from torchspine.interop.convert import (
     _KerasGraph,
     build_converted,
     convert_checkpoint,

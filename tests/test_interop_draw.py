@@ -9,7 +9,7 @@ from matplotlib.patches import FancyArrowPatch, Polygon, Rectangle
 
 from torchspine.cli import main as cli_main
 from torchspine.specs.zoo import spinenet_spec
-from torchspine.tools.draw import draw_spec, resolve_spec, zero_outdegree_extras
+from torchspine.analysis.draw import draw_spec, resolve_spec, zero_outdegree_extras
 
 
 def _patches(fig):

@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime")
 
 from torchspine.cli import main as cli_main  # noqa: E402
 from torchspine.models.registry import create_model  # noqa: E402
-from torchspine.tools.export import _FullRetinaNet, export_onnx, run_onnx, verify_onnx  # noqa: E402
+from torchspine.interop.onnx import _FullRetinaNet, export_onnx, run_onnx, verify_onnx  # noqa: E402
 
 TINY = {"filter_size_scale": 0.25, "endpoints_num_filters": 16}
 TOL = 1e-4  # of the largest output magnitude (float32 CPU kernels differ only by rounding)

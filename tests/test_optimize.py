@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import torchspine
-from torchspine.tools.optimize import fold_batch_norms_, optimize_for_inference
+from torchspine.models.optimize import fold_batch_norms_, optimize_for_inference
 
 
 

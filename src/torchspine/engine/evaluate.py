@@ -19,9 +19,8 @@ from pycocotools.cocoeval import COCOeval
 from torch import nn
 
 from torchspine.data.coco import CocoDetection, collate_detection
-from torchspine.inference import to_coco_results
 
-__all__ = ["STAT_NAMES", "coco_metrics", "evaluate_coco", "format_table"]
+__all__ = ["STAT_NAMES", "coco_metrics", "evaluate_coco", "format_table", "to_coco_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,3 +118,29 @@ def format_table(metrics: dict[str, Any]) -> str:
         lines.append(f"{name:<5} " + " ".join(f"{100 * metrics[prefix + c]:6.1f}" if metrics[prefix + c] >= 0
                                              else f"{'-':>6}" for c in cols))
     return "\n".join(lines)
+
+
+def to_coco_results(detections: dict[str, Tensor], image_id: int, *, score_thresh: float = 0.0) -> list[dict[str, Any]]:
+    """COCO result entries for one image (boxes as ``[x, y, w, h]``; masks as RLE)."""
+    keep = detections["scores"] >= score_thresh
+    boxes = detections["boxes"][keep].tolist()
+    labels = detections["labels"][keep].tolist()
+    scores = detections["scores"][keep].tolist()
+    rles = None
+    if "masks" in detections:
+        import numpy as np
+        from pycocotools import mask as mask_utils
+
+        masks = (detections["masks"][keep][:, 0] > 0.5).numpy().astype(np.uint8)
+        rles = [mask_utils.encode(np.asfortranarray(m)) for m in masks]
+        for r in rles:
+            r["counts"] = r["counts"].decode("ascii")
+    out = []
+    for j, ((x1, y1, x2, y2), lbl, s) in enumerate(zip(boxes, labels, scores)):
+        entry: dict[str, Any] = {"image_id": int(image_id), "category_id": int(lbl),
+                                 "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                                 "score": round(float(s), 5)}
+        if rles is not None:
+            entry["segmentation"] = rles[j]
+        out.append(entry)
+    return out

@@ -177,14 +177,14 @@ def _register(backbone: str) -> None:
     builder.__name__ = f"{backbone}_cls"
     builder.__doc__ = (f"Classifier on {backbone} (paper section 4.2): num_classes (1000), "
                        "feature_combination ('avg' | 'concat' | 'single'), level, drop_rate, spec overrides.")
-    register_model(builder)
+    register_model(builder, task="classifier", preset=backbone, input_size=224)
 
 
 for _b in CLASSIFIER_BACKBONES:
     _register(_b)
 
 
-@register_model
+@register_model(task="classifier")
 def spinenet_cls(*, backbone: str | SpineNetSpec = "spinenet49", spec: SpineNetSpec | str | None = None,
                  **kwargs: Any) -> SpineNetClassifier:
     """A classifier on any backbone: ``backbone=<registered name>`` or ``spec=<spec | JSON path |

@@ -61,7 +61,7 @@ def _register(model_id: str) -> None:
     builder.__name__ = f"spinenet_mobile{model_id}"
     builder.__doc__ = (f"SpineNet-Mobile-{model_id.upper()} backbone (paper Appendix A); "
                        "flavor 'tpu' or 'mg'; overrides are spec fields or MBConv options.")
-    register_model(builder)
+    register_model(builder, family="spinenet_mobile", preset=model_id)
 
 
 for _id in MOBILE_MODEL_IDS:

@@ -9,26 +9,54 @@ own keywords (``num_classes`` ...).
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
 
 from torch import nn
 
-__all__ = ["create_model", "list_models", "register_model", "is_model"]
+__all__ = ["ModelInfo", "Task", "create_model", "is_model", "list_models", "model_info", "register_model"]
+
+Task = Literal["backbone", "detector", "instance_segmentation", "classifier"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a registered model is, without building it (timm's pretrained_cfg, torchvision's
+    ``Weights.meta``): its task, family and preset, the input size its recipe trains at, and the
+    published figures it reproduces (``{"params": ..., "macs": ..., "AP": ...}``)."""
+
+    name: str
+    task: Task
+    family: str = "spinenet"
+    preset: str | None = None
+    input_size: int | None = None
+    published: dict[str, Any] = field(default_factory=dict)
+
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_INFO: dict[str, ModelInfo] = {}
 
 
-def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None):
-    """Decorator registering a builder under its function name (or ``name``)."""
+def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None, task: Task = "backbone",
+                   family: str = "spinenet", preset: str | None = None, input_size: int | None = None,
+                   published: dict[str, Any] | None = None):
+    """Decorator registering a builder under its function name (or ``name``) with its metadata."""
 
     def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or f.__name__
         if key in _MODELS and _MODELS[key] is not f:
             raise ValueError(f"model {key!r} is already registered")
         _MODELS[key] = f
+        _INFO[key] = ModelInfo(key, task, family, preset, input_size, dict(published or {}))
         return f
 
     return wrap(fn) if fn is not None else wrap
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registered metadata of ``name`` (ValueError naming close matches when unknown)."""
+    _check_known(name)
+    return _INFO[name]
 
 
 def _ensure_loaded() -> None:
@@ -36,10 +64,20 @@ def _ensure_loaded() -> None:
     import torchspine.models  # noqa: F401
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style ``pattern``, sorted."""
+def _check_known(name: str) -> None:
     _ensure_loaded()
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+    if name not in _MODELS:
+        import difflib
+
+        close = difflib.get_close_matches(name, _MODELS, n=3)
+        hint = f"; did you mean {close}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} (see torchspine.list_models())")
+
+
+def list_models(pattern: str = "*", *, task: Task | None = None) -> list[str]:
+    """Registered model names matching a shell-style ``pattern`` (and ``task``), sorted."""
+    _ensure_loaded()
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern) and (task is None or _INFO[n].task == task))
 
 
 def is_model(name: str) -> bool:
@@ -49,11 +87,8 @@ def is_model(name: str) -> bool:
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a registered model; ``overrides`` go to its builder (spec fields or model options)."""
-    _ensure_loaded()
-    if name not in _MODELS:
-        import difflib
-
-        close = difflib.get_close_matches(name, _MODELS, n=3)
-        hint = f"; did you mean {close}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (see torchspine.list_models())")
-    return _MODELS[name](**overrides)
+    _check_known(name)
+    model = _MODELS[name](**overrides)
+    # Recorded so that save_model / load_model can rebuild exactly this model.
+    model.torchspine_config = {"model": name, "overrides": dict(overrides)}
+    return model

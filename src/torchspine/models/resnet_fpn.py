@@ -68,13 +68,13 @@ class ResNetFPN(nn.Module):
         return OrderedDict((f"p{3 + i}", feats[k]) for i, k in enumerate(names))
 
 
-@register_model
+@register_model(family="resnet_fpn")
 def resnet50_fpn(**kwargs: Any) -> ResNetFPN:
     """ResNet-50-FPN baseline (paper Table 3) with the P3..P7 contract; ``fpn_channels``, ``width_per_group``."""
     return ResNetFPN(50, **kwargs)
 
 
-@register_model
+@register_model(family="resnet_fpn")
 def resnet101_fpn(**kwargs: Any) -> ResNetFPN:
     """ResNet-101-FPN (paper Table 2 baseline) with the P3..P7 contract."""
     return ResNetFPN(101, **kwargs)

@@ -47,13 +47,13 @@ def resnext_spec(
     return spec.replace(**overrides)
 
 
-@register_model
+@register_model(family="spinenet_resnext")
 def spinenet49_resnext32x4d(**overrides: Any) -> SpineNet:
     """SpineNet-49 with ResNeXt 32x4d blocks (paper Appendix B); overrides are spec fields."""
     return SpineNet(resnext_spec(spinenet_spec("49"), groups=32, width_per_group=4).replace(**overrides))
 
 
-@register_model
+@register_model(family="spinenet_resnext")
 def spinenet49_resnext32x8d(**overrides: Any) -> SpineNet:
     """SpineNet-49 with ResNeXt 32x8d blocks (paper Appendix B); overrides are spec fields."""
     return SpineNet(resnext_spec(spinenet_spec("49"), groups=32, width_per_group=8).replace(**overrides))

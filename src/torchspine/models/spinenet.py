@@ -24,7 +24,7 @@ def _register(model_id: str) -> None:
 
     builder.__name__ = f"spinenet{model_id}"
     builder.__doc__ = f"SpineNet-{model_id.upper()} backbone (official scaling preset); overrides are spec fields."
-    register_model(builder)
+    register_model(builder, preset=model_id)
 
 
 for _id in ("49s", "49", "96", "143", "143l", "190", "49s_paper"):

@@ -37,11 +37,11 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
 from torchspine.layers.conv import create_act, create_norm
-from torchspine.models.anchors import SpineNetAnchorGenerator
+from torchspine.models.detection.anchors import SpineNetAnchorGenerator
 from torchspine.models.backbone import SpineNet
 from torchspine.models.registry import register_model
-from torchspine.models.retinanet import detector_backbone, split_detector_kwargs
-from torchspine.models.transform import DetectionTransform, ResizeMode
+from torchspine.models.detection.retinanet import detector_backbone, split_detector_kwargs
+from torchspine.models.detection.transform import DetectionTransform, ResizeMode
 from torchspine.specs.spec import NormSpec
 
 __all__ = ["MASKRCNN_PRESETS", "MaskRCNNPreset", "SpineNetMaskRCNN", "RPNHeadPerLevelBN", "ConvFCBoxHead",
@@ -253,14 +253,14 @@ def _register(model_id: str) -> None:
     builder.__doc__ = (f"Mask R-CNN-SpineNet-{model_id.upper()} (official layout, {preset.image_size} px, RPN anchor "
                        f"size {preset.anchor_size:g}). Keywords: detector settings (see SpineNetMaskRCNN) or "
                        f"SpineNet spec fields.")
-    register_model(builder)
+    register_model(builder, task="instance_segmentation", preset=model_id, input_size=preset.image_size)
 
 
 for _id in MASKRCNN_PRESETS:
     _register(_id)
 
 
-@register_model
+@register_model(task="instance_segmentation")
 def maskrcnn_spinenet(spec: Any, *, preset: str = "49", **kwargs: Any) -> SpineNetMaskRCNN:
     """A Mask R-CNN on any backbone spec (a search result, JSON path or genome), with the
     detector settings of ``preset`` (head, anchors, image size): ``create_model("maskrcnn_spinenet", spec="best.json")``."""

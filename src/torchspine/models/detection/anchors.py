@@ -45,7 +45,8 @@ def cell_anchors(
             half_h = base / math.sqrt(ar) / 2.0
             c = stride / 2.0
             boxes.append((c - half_w, c - half_h, c + half_w, c + half_h))
-    return torch.tensor(boxes, dtype=dtype)
+    # Always on the CPU (also inside a ``torch.device("meta")`` build): a plain attribute, not a buffer.
+    return torch.tensor(boxes, dtype=dtype, device="cpu")
 
 
 class SpineNetAnchorGenerator(AnchorGenerator):

@@ -56,7 +56,7 @@ class SharedConvTower(nn.Module):
         """Inference only: fold each level's BNs into per-level copies of the shared convs.
 
         Exact up to rounding (BN in eval mode is affine); the generic folder in
-        :mod:`torchspine.tools.optimize` cannot do this because the convs are shared.
+        :mod:`torchspine.models.optimize` cannot do this because the convs are shared.
         Returns the number of folded (conv, BN) pairs.
         """
         from torch.nn.utils.fusion import fuse_conv_bn_eval

@@ -38,7 +38,7 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchspine.tools.convert import convert_checkpoint, save_converted
+    from torchspine.interop.convert import convert_checkpoint, save_converted
 
     overrides = _parse_sets(args.sets)
     if args.activation:
@@ -54,5 +54,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"converted {args.checkpoint} ({'Model Garden' if result.codebase == 'mg' else 'tensorflow/tpu'}) "
           f"-> {args.out}: {len(result.state_dict)} tensors, {n:,} values, model {args.model} "
           f"with {json.dumps(result.overrides, sort_keys=True)}")
-    print("load it with torchspine.tools.convert.load_converted(path)")
+    print("load it with torchspine.interop.convert.load_converted(path)")
     return 0

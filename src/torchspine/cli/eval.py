@@ -22,14 +22,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", dest="json_out", help="write the metrics here (default RUN/eval.json or eval.json)")
-    from torchspine.commands.classify import add_task_arguments
+    from torchspine.cli.classify import add_task_arguments
 
-    add_task_arguments(p)  # --task classify --data DIR: top-1 / top-5 via torchspine.commands.classify
+    add_task_arguments(p)  # --task classify --data DIR: top-1 / top-5 via torchspine.cli.classify
 
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "task", "detect") == "classify":
-        from torchspine.commands.classify import run_eval_task
+        from torchspine.cli.classify import run_eval_task
 
         return run_eval_task(args)
     import torch
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from torchspine.engine.build import build_model
     from torchspine.engine.evaluate import evaluate_coco, format_table
     from torchspine.engine.trainer import resolve_device
-    from torchspine.inference import load_weights
+    from torchspine.models.saved import load_weights
 
     cfg: dict = {}
     if args.run:

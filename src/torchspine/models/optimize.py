@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["FrozenCompiled", "fold_batch_norms_", "optimize_for_inference"]
+__all__ = ["FrozenCompiled", "fold_batch_norms_", "optimize_for_inference", "prepare_for_inference"]
 
 log = logging.getLogger(__name__)
 
@@ -182,4 +182,41 @@ def optimize_for_inference(
         opts: dict[str, Any] = {"dynamic": False}
         opts.update(compile_options or {})
         out = FrozenCompiled(out, **opts) if freeze else torch.compile(out, **opts)
+    return out
+
+
+def _fold_head_norms_(model: nn.Module) -> int:
+    count = 0
+    for m in model.modules():
+        fold = getattr(m, "fold_batch_norms_", None)
+        if callable(fold) and m is not model:
+            count += int(fold() or 0)
+    return count
+
+
+def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_bn: bool = True,
+                          pad_to_square: bool = False, dtype: torch.dtype | None = None) -> nn.Module:
+    """An eval-mode copy prepared for fast CPU inference (BN folding, channels_last, no square pad).
+
+    Uses :func:`torchspine.models.optimize.optimize_for_inference` for the backbone and heads,
+    then folds the RetinaNet head's per-level BNs (shared convs, so the generic folder
+    cannot) into per-level convs. Unless ``pad_to_square``, a detector's transform keeps the
+    paper's long-side resize but pads only to a multiple of 32 instead of to a square (the square
+    is for static-shape training batches; a 480x640 image then costs 480x640, not 640x640).
+    Detections can differ slightly near the bottom / right edge, whose receptive fields
+    covered padding.
+    """
+    from torchspine.models.detection.transform import DetectionTransform
+    from torchspine.models.optimize import optimize_for_inference
+
+    out = optimize_for_inference(model, channels_last=False, fold_bn=fold_bn, dtype=dtype)
+    transform = getattr(out, "transform", None)
+    if isinstance(transform, DetectionTransform) and not pad_to_square and transform.resize_mode == "square":
+        transform.resize_mode = "long_side"
+        transform.size_divisible = 32
+    if fold_bn:
+        n = _fold_head_norms_(out)
+        log.info("folded %d per-level head BNs", n)
+    if channels_last:
+        out = out.to(memory_format=torch.channels_last)
     return out

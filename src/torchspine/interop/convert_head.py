@@ -1,4 +1,4 @@
-"""RetinaNet head variables of the official checkpoints -> :class:`torchspine.models.heads.RetinaNetHead`.
+"""RetinaNet head variables of the official checkpoints -> :class:`torchspine.models.detection.heads.RetinaNetHead`.
 
 Names (reference section 10), which are explicit in both codebases (not auto-generated):
 
@@ -30,7 +30,7 @@ import numpy as np
 from torch import nn
 
 if TYPE_CHECKING:
-    from torchspine.tools.convert import _Transfer
+    from torchspine.interop.convert import _Transfer
 
 __all__ = ["CODEBASE_ASPECT_RATIOS", "transfer_head"]
 

@@ -41,9 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=JSON",
                    help='any config field, value in JSON: --set ema_decay=0.9998 --set '
                         '\'model_overrides={"filter_size_scale": 0.25}\'')
-    from torchspine.commands.classify import add_task_arguments
+    from torchspine.cli.classify import add_task_arguments
 
-    add_task_arguments(p)  # --task classify --data DIR: handled by torchspine.commands.classify
+    add_task_arguments(p)  # --task classify --data DIR: handled by torchspine.cli.classify
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "task", "detect") == "classify":
-        from torchspine.commands.classify import run_train_task
+        from torchspine.cli.classify import run_train_task
 
         return run_train_task(args)
     from torchspine.engine.config import list_recipes, load_config

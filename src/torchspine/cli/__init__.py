@@ -1,6 +1,6 @@
 """The ``torchspine`` command line: ``torchspine <command> [options]``.
 
-Each command lives in ``torchspine.commands.<name>`` with ``add_arguments(parser)`` and
+Each command lives in ``torchspine.cli.<name>`` with ``add_arguments(parser)`` and
 ``run(args) -> int``; this file only dispatches. Arguments become typed config objects in
 the command modules; library code never reads them.
 """
@@ -14,17 +14,17 @@ import sys
 
 # (name, module, one-line help). Modules are imported only when their command runs.
 COMMANDS: list[tuple[str, str, str]] = [
-    ("demo", "torchspine.commands.demo", "run the built-in end-to-end demo"),
-    ("train", "torchspine.commands.train", "train a detector (recipes, DDP via torchrun, --resume)"),
-    ("eval", "torchspine.commands.eval", "COCO AP of trained weights (pycocotools): table + JSON"),
-    ("data", "torchspine.commands.data", "built-in synthetic dataset; check a COCO annotation file"),
-    ("profile", "torchspine.commands.profile", "parameters and multiply-adds beside the published figures"),
-    ("classify", "torchspine.commands.classify", "image classification: built-in data, train, top-1/top-5 eval"),
-    ("predict", "torchspine.commands.predict", "detect objects in images: drawn images + COCO-format JSON"),
-    ("convert", "torchspine.commands.convert", "official TensorFlow checkpoint -> torchspine safetensors"),
-    ("export", "torchspine.commands.export", "export a model to ONNX (checked with onnxruntime)"),
-    ("draw", "torchspine.commands.draw", "draw an architecture like the paper's Figure 3 (.svg/.png)"),
-    ("search", "torchspine.commands.search", "architecture search (RL controller / random / evolution) on Ray"),
+    ("demo", "torchspine.cli.demo", "run the built-in end-to-end demo"),
+    ("train", "torchspine.cli.train", "train a detector (recipes, DDP via torchrun, --resume)"),
+    ("eval", "torchspine.cli.eval", "COCO AP of trained weights (pycocotools): table + JSON"),
+    ("data", "torchspine.cli.data", "built-in synthetic dataset; check a COCO annotation file"),
+    ("profile", "torchspine.cli.profile", "parameters and multiply-adds beside the published figures"),
+    ("classify", "torchspine.cli.classify", "image classification: built-in data, train, top-1/top-5 eval"),
+    ("predict", "torchspine.cli.predict", "detect objects in images: drawn images + COCO-format JSON"),
+    ("convert", "torchspine.cli.convert", "official TensorFlow checkpoint -> torchspine safetensors"),
+    ("export", "torchspine.cli.export", "export a model to ONNX (checked with onnxruntime)"),
+    ("draw", "torchspine.cli.draw", "draw an architecture like the paper's Figure 3 (.svg/.png)"),
+    ("search", "torchspine.cli.search", "architecture search (RL controller / random / evolution) on Ray"),
 ]
 
 

@@ -3,13 +3,13 @@
 The pieces plugged into torchvision's detector (reference section 8):
 
 * backbone: :class:`~torchspine.models.backbone.SpineNet` (P3..P7, ``endpoints_num_filters``);
-* head: :class:`~torchspine.models.heads.RetinaNetHead` (shared convs, per-level BN, official
+* head: :class:`~torchspine.models.detection.heads.RetinaNetHead` (shared convs, per-level BN, official
   init, focal + Huber losses);
-* anchors: :class:`~torchspine.models.anchors.SpineNetAnchorGenerator` (anchor size 3 or 4,
+* anchors: :class:`~torchspine.models.detection.anchors.SpineNetAnchorGenerator` (anchor size 3 or 4,
   3 scales per octave, aspect ratios {0.5, 1, 2});
 * matching at IoU 0.5 / 0.5 (torchvision's ``Matcher`` with low-quality matches, the analogue
   of the official ``force_match_for_each_row``);
-* transform: :class:`~torchspine.models.transform.DetectionTransform` (long side to
+* transform: :class:`~torchspine.models.detection.transform.DetectionTransform` (long side to
   ``image_size``, zero-pad to a square).
 
 Per-model settings (``DETECTOR_PRESETS``): image size 640 / 640 / 1024 / 1280 / 1280, head
@@ -27,11 +27,11 @@ from torch import Tensor
 from torchvision.models.detection import RetinaNet
 from torchvision.ops import boxes as box_ops
 
-from torchspine.models.anchors import SpineNetAnchorGenerator
+from torchspine.models.detection.anchors import SpineNetAnchorGenerator
 from torchspine.models.backbone import SpineNet
-from torchspine.models.heads import RetinaNetHead
+from torchspine.models.detection.heads import RetinaNetHead
 from torchspine.models.registry import register_model
-from torchspine.models.transform import DetectionTransform, ResizeMode
+from torchspine.models.detection.transform import DetectionTransform, ResizeMode
 from torchspine.specs.spec import SpineNetSpec
 from torchspine.specs.zoo import spinenet_spec
 
@@ -84,7 +84,7 @@ class SpineNetRetinaNet(RetinaNet):
         num_classes: classifier outputs (91 for COCO category ids 1..90, like the official code);
             class 0 is background and never reported.
         image_size: target long side; images are resized and padded per ``resize_mode``.
-        resize_mode, size_divisible: see :class:`~torchspine.models.transform.DetectionTransform`.
+        resize_mode, size_divisible: see :class:`~torchspine.models.detection.transform.DetectionTransform`.
         head_num_filters, head_num_convs: head tower width and depth.
         anchor_size, num_scales, aspect_ratios: anchor settings.
         focal_alpha, focal_gamma, huber_delta, box_loss_weight, prior_probability: loss / init.
@@ -216,14 +216,14 @@ def _register(model_id: str) -> None:
     builder.__doc__ = (f"RetinaNet-SpineNet-{model_id.upper()} (official settings: {preset.image_size} px, head "
                        f"{preset.head_num_convs}x{preset.head_num_filters}, anchor size {preset.anchor_size:g}). "
                        f"Keywords: detector settings (see SpineNetRetinaNet) or SpineNet spec fields.")
-    register_model(builder)
+    register_model(builder, task="detector", preset=model_id, input_size=preset.image_size)
 
 
 for _id in DETECTOR_PRESETS:
     _register(_id)
 
 
-@register_model
+@register_model(task="detector")
 def retinanet_spinenet(spec: Any, *, preset: str = "49", **kwargs: Any) -> SpineNetRetinaNet:
     """A RetinaNet on any backbone spec (a search result, JSON path or genome), with the
     detector settings of ``preset`` (head, anchors, image size): ``create_model("retinanet_spinenet", spec="best.json")``."""

@@ -38,13 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from torchspine.engine.config import load_config
     from torchspine.engine.evaluate import format_table
     from torchspine.engine.trainer import train
-    from torchspine.inference import draw_detections
+    from torchspine.analysis.visualize import draw_detections
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if not args.no_profile:
-        from torchspine.commands import profile
+        from torchspine.cli import profile
 
         print("== SpineNet family: parameters and multiply-adds ==")
         profile_parser = argparse.ArgumentParser()
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     # A few validation images with the trained model's detections drawn.
     from torchspine.engine.build import build_model
-    from torchspine.inference import load_weights
+    from torchspine.models.saved import load_weights
 
     val = CocoDetection(paths["val_ann"], paths["val_images"])
     model = build_model(cfg.model, num_classes=val.num_classes, image_size=cfg.image_size,

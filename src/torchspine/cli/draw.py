@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchspine.tools.draw import draw_spec, resolve_spec
+    from torchspine.analysis.draw import draw_spec, resolve_spec
 
     spec = resolve_spec(args.spec)
     draw_spec(spec, args.out, title=args.title, dpi=args.dpi)

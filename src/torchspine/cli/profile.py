@@ -8,7 +8,7 @@ import json
 import torch
 
 from torchspine.models.registry import create_model, list_models
-from torchspine.tools.profile import PUBLISHED, profile_model
+from torchspine.analysis.profile import PUBLISHED, profile_model
 
 DEFAULT_MODELS = ("spinenet49s", "spinenet49", "spinenet96", "spinenet143", "spinenet143l", "spinenet190")
 

@@ -32,7 +32,7 @@ Layout: TF conv kernels are HWIO -> ``permute(3, 2, 0, 1)``; depthwise ``[k, k, 
 running_mean/running_var.
 
 Reading a checkpoint needs TensorFlow (``pip install 'torchspine[tf]'``), either in this
-process or in another interpreter (``tf_python=``), see :mod:`torchspine.tools.tf_checkpoint_dump`.
+process or in another interpreter (``tf_python=``), see :mod:`torchspine.interop.tf_checkpoint_dump`.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def read_tf_checkpoint(path: str | os.PathLike, *, tf_python: str | None = None)
 
     Uses TensorFlow in this process when it is importable; otherwise (or when ``tf_python``
     or the ``TORCHSPINE_TF_PYTHON`` environment variable names an interpreter) runs
-    :mod:`torchspine.tools.tf_checkpoint_dump` under that interpreter.
+    :mod:`torchspine.interop.tf_checkpoint_dump` under that interpreter.
     """
     path = str(path)
     if not (os.path.exists(path) or os.path.exists(path + ".index") or os.path.isdir(path)):
@@ -104,7 +104,7 @@ def read_tf_checkpoint(path: str | os.PathLike, *, tf_python: str | None = None)
             import tensorflow  # noqa: F401
         except ImportError as e:
             raise ImportError(_MISSING_TF) from e
-        from torchspine.tools.tf_checkpoint_dump import read_checkpoint
+        from torchspine.interop.tf_checkpoint_dump import read_checkpoint
 
         raw = read_checkpoint(path)
     else:
@@ -541,7 +541,7 @@ def convert_checkpoint(
 
     head = getattr(model, "head", None)
     if head is not None and bb_prefix:
-        from torchspine.tools.convert_head import transfer_head
+        from torchspine.interop.convert_head import transfer_head
 
         problems += transfer_head(model, transfer, codebase=codebase, names=names)
 

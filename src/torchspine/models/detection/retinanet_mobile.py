@@ -4,7 +4,7 @@
 separable convolution": every tower conv and both predictors are a depthwise 3x3 (no bias)
 followed by a pointwise 1x1 (with bias), depth multiplier 1, Glorot-uniform init (official
 ``use_separable_conv``; reference section 8). Towers keep the shared-across-levels convs and
-per-level BN of :class:`~torchspine.models.heads.RetinaNetHead`, whose losses are reused.
+per-level BN of :class:`~torchspine.models.detection.heads.RetinaNetHead`, whose losses are reused.
 
 Presets (reference sections 2 and 8): 4 convs with 48 / 40 / 24 filters, 384 / 384 / 256 px
 for 49 / 49S / 49XS (the paper copy's 49XXS / 49XS / 49S / 49 under ``*_paper`` names),
@@ -25,9 +25,9 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from torchspine.models.backbone import SpineNet
-from torchspine.models.heads import RetinaNetHead, SharedConvTower
+from torchspine.models.detection.heads import RetinaNetHead, SharedConvTower
 from torchspine.models.registry import register_model
-from torchspine.models.retinanet import RETINANET_KEYS, SpineNetRetinaNet, split_detector_kwargs
+from torchspine.models.detection.retinanet import RETINANET_KEYS, SpineNetRetinaNet, split_detector_kwargs
 from torchspine.specs.mobile import MOBILE_INPUT_SIZE, MOBILE_SCALING, mobile_spec
 from torchspine.specs.spec import NormSpec
 
@@ -121,7 +121,8 @@ def _register(model_id: str) -> None:
     builder.__name__ = f"retinanet_spinenet_mobile{model_id}"
     builder.__doc__ = (f"RetinaNet-SpineNet-Mobile-{model_id.upper()} with separable head convs (paper Appendix A; "
                        f"{MOBILE_INPUT_SIZE[model_id]} px). Keywords: detector settings, flavor, spec fields.")
-    register_model(builder)
+    register_model(builder, task="detector", family="spinenet_mobile", preset=model_id,
+                   input_size=MOBILE_INPUT_SIZE[model_id])
 
 
 for _id in MOBILE_SCALING:

@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load_model(args: argparse.Namespace) -> torch.nn.Module:
-    from torchspine.commands.convert import _parse_sets
+    from torchspine.cli.convert import _parse_sets
     from torchspine.models.registry import create_model
 
     overrides = _parse_sets(args.sets)
@@ -42,7 +42,7 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
             if meta.get("format") == "torchspine.converted/1":
                 from safetensors.torch import load_file
 
-                from torchspine.tools.convert import build_converted
+                from torchspine.interop.convert import build_converted
 
                 if meta["model"] != args.model:
                     raise ValueError(f"{args.weights} holds converted weights of {meta['model']}, not {args.model}")
@@ -62,7 +62,7 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchspine.tools.export import export_onnx, verify_onnx
+    from torchspine.interop.onnx import export_onnx, verify_onnx
 
     if len(args.size) not in (1, 2):
         raise ValueError(f"--size takes N or H W, got {args.size}")

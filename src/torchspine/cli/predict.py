@@ -19,16 +19,12 @@ from pathlib import Path
 
 import torch
 
-from torchspine.inference import (
-    class_names_for,
-    draw_detections,
-    find_images,
-    load_weights,
-    predict,
-    prepare_for_inference,
-    read_image,
-    to_coco_results,
-)
+from torchspine.analysis.visualize import class_names_for, draw_detections
+from torchspine.data.images import find_images, read_image
+from torchspine.engine.evaluate import to_coco_results
+from torchspine.engine.predict import predict
+from torchspine.models.optimize import prepare_for_inference
+from torchspine.models.saved import load_weights
 from torchspine.models.registry import create_model
 from torchspine.utils import atomic_write, atomic_write_text
 

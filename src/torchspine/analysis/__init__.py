@@ -1,0 +1,1 @@
+"""Analysis: parameter and multiply-add profiles, architecture drawings."""

@@ -1,0 +1,56 @@
+"""Drawing detections (boxes, names, scores, masks) onto images."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["class_names_for", "draw_detections"]
+
+
+def class_names_for(num_classes: int) -> list[str] | None:
+    """COCO names (index = category id) when ``num_classes`` is 91, else ``None``."""
+    if num_classes == 91:
+        from torchvision.models._meta import _COCO_CATEGORIES
+
+        return list(_COCO_CATEGORIES)
+    return None
+
+
+def _label_text(label: int, score: float, names: Sequence[str] | None) -> str:
+    name = names[label] if names is not None and 0 <= label < len(names) else str(label)
+    return f"{name} {score:.2f}"
+
+
+def draw_detections(
+    image: Tensor,
+    detections: dict[str, Tensor],
+    *,
+    class_names: Sequence[str] | None = None,
+    score_thresh: float = 0.3,
+    width: int = 2,
+) -> Tensor:
+    """``image`` (``(C, H, W)`` uint8 or float in [0, 1]) with boxes, names and scores drawn
+    (masks too when present); detections below ``score_thresh`` are skipped. Returns uint8 RGB."""
+    from torchvision.transforms.functional import convert_image_dtype
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    from torchspine.models.detection.transform import to_rgb_float
+
+    img = convert_image_dtype(to_rgb_float(image.cpu()), torch.uint8)
+    keep = detections["scores"] >= score_thresh
+    boxes = detections["boxes"][keep].float()
+    labels = detections["labels"][keep].tolist()
+    scores = detections["scores"][keep].tolist()
+    palette = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+               (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+    colors = [palette[lbl % len(palette)] for lbl in labels]
+    if "masks" in detections and keep.any():
+        masks = detections["masks"][keep][:, 0] > 0.5
+        img = draw_segmentation_masks(img, masks, alpha=0.4, colors=colors)
+    if boxes.numel():
+        img = draw_bounding_boxes(img, boxes, labels=[_label_text(lb, s, class_names) for lb, s in zip(labels, scores)],
+                                  colors=colors, width=width)
+    return img

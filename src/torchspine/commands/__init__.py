@@ -1,1 +1,0 @@
-"""CLI command modules: each has ``add_arguments(parser)`` and ``run(args) -> int``."""

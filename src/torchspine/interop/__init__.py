@@ -1,0 +1,1 @@
+"""Interoperability: official TensorFlow checkpoints in, ONNX out."""

@@ -1,0 +1,1 @@
+"""Detectors: RetinaNet and Mask R-CNN on torchvision's detection framework with SpineNet parts."""

@@ -1,0 +1,223 @@
+"""Saved weights: read a state dict from safetensors or a training checkpoint, load it into a model.
+
+* A safetensors file (``*.safetensors``) or a training checkpoint read with
+  ``torch.load(weights_only=True)`` (never arbitrary pickles) whose dict holds the state dict
+  directly or under ``"model"`` / ``"state_dict"``; a DDP ``module.`` prefix is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["FORMAT", "load_model", "load_state_dict", "load_weights", "model_config", "read_model_metadata",
+           "save_model"]
+
+log = logging.getLogger(__name__)
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The state dict stored in ``path`` (safetensors, or a ``torch.save`` checkpoint)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own error types
+            raise ValueError(f"weights {path}: not a readable safetensors file ({e})") from e
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # UnpicklingError for pickles with code, RuntimeError for garbage
+            raise ValueError(f"weights {path}: cannot be read with torch.load(weights_only=True) ({e})") from e
+        if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+            obj = obj["model"]
+        elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+            raise ValueError(f"weights {path}: expected a state dict (or a checkpoint with a 'model' state dict)")
+        state = obj
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> nn.Module:
+    """Load ``path`` into ``model`` (see :func:`load_state_dict`); returns ``model``.
+
+    A state dict of the bare backbone (keys without ``backbone.``) is accepted for a detector
+    when ``strict=False``. Mismatches raise ``ValueError`` naming the file and keys.
+    """
+    state = load_state_dict(path)
+    own = model.state_dict()
+    if hasattr(model, "backbone") and not any(k in own for k in state) and any(f"backbone.{k}" in own for k in state):
+        state = {f"backbone.{k}": v for k, v in state.items()}
+    bad_shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if bad_shapes:
+        raise ValueError(f"weights {path}: shape mismatch for {len(bad_shapes)} tensors, e.g. {bad_shapes[:3]} "
+                         f"(built with different settings, e.g. num_classes?)")
+    result = model.load_state_dict(state, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if strict and (missing or unexpected):
+        raise ValueError(f"weights {path}: {len(missing)} missing keys (e.g. {missing[:3]}), "
+                         f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+    if missing or unexpected:
+        log.warning("weights %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected))
+    return model
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> nn.Module:
+    """Load ``path`` into ``model`` (see :func:`load_state_dict`); returns ``model``.
+
+    A state dict of the bare backbone (keys without ``backbone.``) is accepted for a detector
+    when ``strict=False``. Mismatches raise ``ValueError`` naming the file and keys.
+    """
+    state = load_state_dict(path)
+    own = model.state_dict()
+    if hasattr(model, "backbone") and not any(k in own for k in state) and any(f"backbone.{k}" in own for k in state):
+        state = {f"backbone.{k}": v for k, v in state.items()}
+    bad_shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if bad_shapes:
+        raise ValueError(f"weights {path}: shape mismatch for {len(bad_shapes)} tensors, e.g. {bad_shapes[:3]} "
+                         f"(built with different settings, e.g. num_classes?)")
+    result = model.load_state_dict(state, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if strict and (missing or unexpected):
+        raise ValueError(f"weights {path}: {len(missing)} missing keys (e.g. {missing[:3]}), "
+                         f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+    if missing or unexpected:
+        log.warning("weights %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected))
+    return model
+
+
+# --- The one saved-model format -------------------------------------------------------------
+# Every model torchspine writes (trained, converted, downloaded) is a safetensors file whose
+# string metadata rebuilds it: ``format``, ``model`` (registry name), ``overrides`` (JSON of the
+# keyword overrides given to create_model, specs as their dicts) and ``info`` (JSON: task,
+# num_classes, label names, image size, preprocessing, provenance ...).
+
+FORMAT = "torchspine.model/1"
+_LEGACY_CONVERTED = "torchspine.converted/1"
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    raise ValueError(f"model override of type {type(value).__name__} cannot be saved: {value!r}")
+
+
+def model_config(model: nn.Module) -> dict[str, Any] | None:
+    """``{"model": name, "overrides": {...}}`` recorded by ``create_model``, or ``None``."""
+    model = getattr(model, "module", model)  # DDP / EMA wrappers
+    cfg = getattr(model, "torchspine_config", None)
+    return dict(cfg) if cfg else None
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, *, name: str | None = None,
+               overrides: dict[str, Any] | None = None, info: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as safetensors with the metadata :func:`load_model` rebuilds it from.
+
+    ``name`` / ``overrides`` default to what ``create_model`` recorded on the model; ``info``
+    holds task-level facts (``num_classes``, ``label_names``, ``image_size`` ...). Atomic.
+    """
+    from safetensors.torch import save_file
+
+    from torchspine.utils import atomic_write
+
+    model = getattr(model, "module", model)
+    recorded = model_config(model) or {}
+    name = name or recorded.get("model")
+    if not name:
+        raise ValueError("save_model: the model was not built by create_model; pass name= and overrides=")
+    overrides = recorded.get("overrides", {}) if overrides is None else overrides
+    metadata = {"format": FORMAT, "model": name, "overrides": json.dumps(_jsonable(overrides)),
+                "info": json.dumps(_jsonable(info or {}))}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path = Path(path)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return path
+
+
+def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"model", "overrides", "info"}`` of a saved model, without reading its tensors.
+
+    Reads this format and the two older ones (the converter's and the classifier's); refuses
+    anything else naming the file and what is missing.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / "model.safetensors"
+        if not candidate.is_file():
+            raise FileNotFoundError(f"{path} is a folder without model.safetensors (not a torchspine run folder)")
+        path = candidate
+    if not path.is_file():
+        raise FileNotFoundError(f"saved model not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+    fmt = meta.get("format")
+    try:
+        if fmt == FORMAT:
+            return {"model": meta["model"], "overrides": json.loads(meta["overrides"]),
+                    "info": json.loads(meta.get("info", "{}")), "path": str(path)}
+        if fmt == _LEGACY_CONVERTED:
+            return {"model": meta["model"], "overrides": json.loads(meta["overrides"]),
+                    "info": {"source": "converted"}, "path": str(path)}
+        if "model" in meta and "num_classes" in meta:  # classifier files of torchspine 0.1
+            overrides = {**json.loads(meta.get("model_overrides", "{}")), "num_classes": int(meta["num_classes"])}
+            info = {"task": "classifier", "num_classes": int(meta["num_classes"]),
+                    "label_names": json.loads(meta.get("classes", "[]")), "image_size": int(meta.get("image_size", 224))}
+            return {"model": meta["model"], "overrides": overrides, "info": info, "path": str(path)}
+    except (KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: torchspine metadata is damaged ({e})") from e
+    raise ValueError(f"{path}: safetensors file without torchspine model metadata (format={fmt!r}); it holds "
+                     f"only tensors: build the model with create_model(...) and use load_weights(model, path)")
+
+
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild any model torchspine saved (trained, converted, downloaded) and load its weights.
+
+    The model is built on the ``meta`` device and filled from the file (strict: every tensor
+    must be there with its shape). Returns it in eval mode with ``model.torchspine_info`` set.
+    """
+    from safetensors.torch import load_file
+
+    from torchspine.models.registry import create_model
+
+    meta = read_model_metadata(path)
+    with torch.device("meta"):
+        model = create_model(meta["model"], **meta["overrides"])
+    state = load_file(meta["path"], device=str(device))
+    own = model.state_dict()
+    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
+           if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if bad or missing or unexpected:
+        raise ValueError(f"{meta['path']}: does not fit {meta['model']} built from its own metadata: "
+                         f"{len(bad)} shape mismatches {bad[:3]}, {len(missing)} missing {missing[:3]}, "
+                         f"{len(unexpected)} unexpected {unexpected[:3]}")
+    model.load_state_dict(state, strict=True, assign=True)
+    model.torchspine_info = meta["info"]
+    return model.eval()

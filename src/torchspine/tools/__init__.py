@@ -1,1 +1,0 @@
-"""Tools: profiling (params, multiply-adds), and later export, conversion, drawing."""
