@@ -94,7 +94,7 @@ def test_train_and_eval_commands_reach_classification(tmp_path: Path, capsys: py
                  "--image-size", "32", "--out", str(out), "--num-workers", "0", "--device", "cpu",
                  "--set", 'model_overrides={"filter_size_scale": 0.125, "endpoints_num_filters": 8}',
                  "--set", "warmup_epochs=0"]) == 0
-    assert (out / "model.safetensors").is_file() and (out / "last.pt").is_file()
+    assert (out / "model.safetensors").is_file() and (out / "checkpoint.pt").is_file()
     capsys.readouterr()
     assert main(["eval", "--task", "classify", "--data", str(data), str(out), "--device", "cpu"]) == 0
     assert "top-1" in capsys.readouterr().out
