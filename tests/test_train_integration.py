@@ -144,3 +144,34 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, tiny_data):
     assert e.value.step == 3
     assert _ckpt_step(tmp_path / "nan" / "checkpoint.pt") == 2  # the last good one
     assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.slow  # ~22 s on a shared 2-core machine
+def test_maskrcnn_resume_is_exact_with_sampling_and_every_random_feature(tmp_path, tiny_data):
+    # Mask R-CNN's RPN and box samplers draw from the global torch RNG (torchvision's
+    # BalancedPositiveNegativeSampler): the checkpoint carries that stream; the rest is keyed
+    # by sample. The run stops inside step 3 (an exception here; SIGKILL above) and resumes.
+    model = {"filter_size_scale": 0.125, "endpoints_num_filters": 16, "rpn_num_filters": 16,
+             "head_num_filters": 16, "head_num_convs": 1, "fc_dims": 32, "mask_num_convs": 1}
+    over = dict(model="maskrcnn_spinenet49s", model_overrides=model, max_steps=4, checkpoint_interval=1,
+                **RANDOM_FEATURES)
+    full = TrainConfig.from_dict(json.loads(_recipe(tmp_path, tiny_data, "mfull", **over).read_text()))
+    cut = TrainConfig.from_dict(json.loads(_recipe(tmp_path, tiny_data, "mcut", **over).read_text()))
+    train(full)
+
+    def stop(step, _):  # noqa: ANN001, ANN202
+        if step == 2:
+            raise _Stop()
+
+    with pytest.raises(_Stop):
+        train(cut, on_step=stop)
+    train(cut.replace(resume=True))
+    a = load_file(tmp_path / "mfull" / "model.safetensors")
+    b = load_file(tmp_path / "mcut" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _losses(tmp_path / "mcut") == _losses(tmp_path / "mfull")

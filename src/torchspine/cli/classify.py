@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu")
-    t.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    t.add_argument("--no-resume", action="store_true", help="start over even if OUT/checkpoint.pt exists")
 
     e = sub.add_parser("eval", help="top-1 / top-5 of saved weights on an image folder split")
     e.add_argument("--data", required=True)
