@@ -85,11 +85,24 @@ def test_a_run_saves_its_label_mapping_and_reloads_without_dropblock(data, tmp_p
                       train_ann=str(data["train_ann"]), train_images=str(data["train_images"]),
                       val_ann=str(data["val_ann"]), val_images=str(data["val_images"]), batch_size=4, max_steps=2,
                       lr=0.01, lr_reference_batch=4, warmup_steps=0, device="cpu", dropblock=True,
-                      stochastic_depth_rate=0.2, tensorboard=False, progress=False, output_dir=str(out))
-    train(cfg)
+                      stochastic_depth_rate=0.2, tensorboard=True, log_interval=1, progress=False,
+                      output_dir=str(out))
+    losses = []
+    train(cfg, on_step=lambda step, m: losses.append(m["loss"]))
     assert not list(out.glob(".checkpoint.pt.*.tmp"))  # orphans cleaned on start
     model = load_model(out)  # built without DropBlock: the trained state dict fits exactly
     info = model.torchspine_info
     assert info["category_ids"] == [0, 5, 7] and info["label_names"] == ["circle", "triangle", "square"]
     assert info["num_classes"] == 4 and info["task"] == "detection" and info["image_size"] == 64
     assert "mean" in info["preprocessing"] and "std" in info["preprocessing"]
+
+    # TensorBoard scalars, read back with tensorboard's own reader.
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    loss = events.Scalars("train/loss")
+    assert [e.step for e in loss] == [1, 2]
+    assert [e.value for e in loss] == pytest.approx(losses, rel=1e-6)
+    assert [e.step for e in events.Scalars("val/AP")] == [2]
