@@ -67,3 +67,24 @@ def test_dropblock_drops_whole_blocks_and_keeps_the_expected_mean():
         assert torch.equal(db(x), y)
     assert torch.equal(db.eval()(x), x)
     assert torch.equal(DropBlock(3, 1.0).train()(x), x)
+
+
+def test_sample_keyed_noise_follows_the_samples_not_the_batch():
+    from torchspine.layers.dropout import DropPath
+
+    dp, db = DropPath(0.5).train(), DropBlock(3, 0.8).train()
+    x = torch.ones(4, 2, 9, 9)
+    with sample_noise([10, 11, 12, 13]):
+        whole = db(dp(x))
+    with sample_noise([10, 11]):
+        first = db(dp(x[:2]))
+    with sample_noise([12, 13]):
+        second = db(dp(x[2:]))
+    # What one process draws for a batch of 4 is what two draw for its halves.
+    assert torch.equal(torch.cat([first, second]), whole)
+    # Stochastic depth keeps or drops a whole sample, scaled by 1 / keep = 2.
+    with sample_noise(list(range(64))):
+        y = dp(torch.ones(64, 3, 2, 2))
+    per_sample = y.flatten(1)
+    assert all(set(row.tolist()) in ({0.0}, {2.0}) for row in per_sample)
+    assert 16 < int((per_sample[:, 0] == 2.0).sum()) < 48  # Bernoulli(0.5) over 64 samples

@@ -93,13 +93,20 @@ def _per_sample_uniform(shape: Sequence[int], like: torch.Tensor) -> torch.Tenso
 
 
 class DropPath(nn.Module):
-    """Stochastic depth on a residual branch: ``x * mask / keep`` with one mask per sample."""
+    """Stochastic depth on a residual branch: ``x * mask / keep`` with one mask per sample
+    (torchvision's ``StochasticDepth(p, mode="row")``, whose ``p`` / ``mode`` it also exposes)."""
+
+    mode = "row"
 
     def __init__(self, rate: float) -> None:
         super().__init__()
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"DropPath: rate must be in [0, 1), got {rate}")
         self.rate = float(rate)
+
+    @property
+    def p(self) -> float:
+        return self.rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.rate == 0.0:
