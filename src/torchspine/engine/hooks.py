@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 import torch.distributed as dist
 
 from torchspine.engine.checkpoint import clean_orphans, load_checkpoint, rng_state, save_checkpoint
@@ -210,7 +209,3 @@ class LogHook(HookBase):
         self._sum, self._n = state.get("partial", [0.0, 0])
         self._n = int(self._n)
 
-
-def cuda_synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
