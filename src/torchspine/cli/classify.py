@@ -10,23 +10,15 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from torchspine.data.classification import SHAPES
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected name=value (e.g. filter_size_scale=0.25)")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
+    from torchspine.cli.train import parse_sets  # the one --set parser of the training commands
+
+    return parse_sets(items)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
