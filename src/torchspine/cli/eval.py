@@ -32,14 +32,11 @@ def run(args: argparse.Namespace) -> int:
         from torchspine.cli.classify import run_eval_task
 
         return run_eval_task(args)
-    import torch
-
     from torchspine.data.coco import CocoDetection
     from torchspine.data.synth import ensure_synth
-    from torchspine.engine.build import build_model
     from torchspine.engine.evaluate import evaluate_coco, format_table
     from torchspine.engine.trainer import resolve_device
-    from torchspine.models.saved import load_weights
+    from torchspine.models.saved import load_model, load_weights, read_model_metadata
 
     cfg: dict = {}
     if args.run:
@@ -47,18 +44,6 @@ def run(args: argparse.Namespace) -> int:
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{cfg_path} not found: is {args.run!r} a training output folder?")
         cfg = json.loads(cfg_path.read_text())
-    name = args.model or cfg.get("model")
-    if not name:
-        raise ValueError("give a training output folder or --model")
-    overrides = dict(cfg.get("model_overrides") or {})
-    if args.model_overrides:
-        try:
-            overrides.update(json.loads(args.model_overrides))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--model-overrides is not valid JSON: {e}") from e
-    if cfg.get("stochastic_depth_rate") is not None:
-        overrides.setdefault("stochastic_depth_rate", cfg["stochastic_depth_rate"])
-    image_size = args.image_size or cfg.get("image_size") or 640
     weights = args.weights or (str(Path(args.run) / "model.safetensors") if args.run else None)
     if not weights:
         raise ValueError("give --weights (or a training output folder)")
@@ -71,18 +56,46 @@ def run(args: argparse.Namespace) -> int:
     else:
         synth = ensure_synth()
         ann, images = synth["val_ann"], synth["val_images"]
-    with_masks = name.startswith("maskrcnn")
-    dataset = CocoDetection(ann, images, with_masks=with_masks)
-    model = build_model(name, num_classes=dataset.num_classes, image_size=image_size, overrides=overrides)
-    load_weights(model, weights)
+    saved = None
+    if not (args.model or args.model_overrides or args.image_size) and str(weights).endswith(".safetensors"):
+        try:
+            saved = read_model_metadata(weights)
+        except ValueError:
+            saved = None  # bare weights: rebuilt from the run's config below
+    if saved is not None:
+        # A saved model (torchspine.models.saved): it rebuilds itself, with its label mapping.
+        model = load_model(weights)
+        name = saved["model"]
+        category_ids = saved["info"].get("category_ids")
+        with_masks = name.startswith("maskrcnn")
+        dataset = CocoDetection(ann, images, with_masks=with_masks, category_ids=category_ids)
+    else:
+        from torchspine.engine.build import build_model
+
+        name = args.model or cfg.get("model")
+        if not name:
+            raise ValueError("give a training output folder or --model")
+        overrides = dict(cfg.get("model_overrides") or {})
+        if args.model_overrides:
+            try:
+                overrides.update(json.loads(args.model_overrides))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--model-overrides is not valid JSON: {e}") from e
+        if cfg.get("stochastic_depth_rate") is not None:
+            overrides.setdefault("stochastic_depth_rate", cfg["stochastic_depth_rate"])
+        image_size = args.image_size or cfg.get("image_size") or 640
+        with_masks = name.startswith("maskrcnn")
+        dataset = CocoDetection(ann, images, with_masks=with_masks)
+        category_ids = dataset.category_ids
+        model = build_model(name, num_classes=dataset.num_classes, image_size=image_size, overrides=overrides)
+        load_weights(model, weights)
     device = resolve_device(args.device)
     model.to(device)
     metrics = evaluate_coco(model, dataset, device=device, batch_size=args.batch_size, max_images=args.max_images,
-                            with_masks=with_masks or None, progress=True)
+                            with_masks=with_masks or None, progress=True, category_ids=category_ids)
     print(format_table(metrics))
     out = args.json_out or (str(Path(args.run) / "eval.json") if args.run else "eval.json")
     atomic_write_text(out, json.dumps({"model": name, "weights": str(weights), "annotations": str(ann),
                                        **metrics}, indent=2))
     print(f"metrics written to {out}")
-    del torch
     return 0

@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("torchspine predict: warning: no --weights given, using random initialisation", file=sys.stderr)
     model.eval()
+    # A saved model (models/saved.py) carries the file's category ids of its labels 1..K.
+    category_ids = (getattr(model, "torchspine_info", None) or {}).get("category_ids")
     if not args.no_optimize:
         model = prepare_for_inference(model)
     names = class_names_for(args.num_classes)
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             k += 1
         used_names.add(name)
         _save_png(out_dir / name, draw_detections(image, det, class_names=names, score_thresh=args.score_thresh))
-        results.extend(to_coco_results(det, image_id, score_thresh=args.score_thresh))
+        results.extend(to_coco_results(det, image_id, score_thresh=args.score_thresh, category_ids=category_ids))
         images_meta.append({"id": image_id, "file_name": str(path), "width": int(image.shape[-1]),
                             "height": int(image.shape[-2]), "drawn": name})
         print(f"{path}: {int(keep.sum())} detections >= {args.score_thresh} ({ms:.0f} ms) -> {out_dir / name}")

@@ -46,6 +46,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_task_arguments(p)  # --task classify --data DIR: handled by torchspine.cli.classify
 
 
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``--set FIELD=JSON`` items (a value that is not JSON is a bare string)."""
+    over: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected FIELD=JSON")
+        try:
+            over[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            over[key.strip()] = value  # a bare string
+    return over
+
+
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config fields the command line sets (``None`` flags left out)."""
     over: dict[str, Any] = {}
@@ -60,39 +74,37 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
             over[field] = True
     if getattr(args, "no_progress", False):
         over["progress"] = False
-    for item in getattr(args, "sets", []):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r}: expected FIELD=JSON")
-        try:
-            over[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            over[key.strip()] = value  # a bare string
+    over.update(parse_sets(getattr(args, "sets", [])))
     return over
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "task", "detect") == "classify":
-        from torchspine.cli.classify import run_train_task
+    from torchspine.engine.loop import NonFiniteLossError
 
-        return run_train_task(args)
+    try:
+        if getattr(args, "task", "detect") == "classify":
+            from torchspine.cli.classify import run_train_task
+
+            return run_train_task(args, parse_sets(getattr(args, "sets", [])))
+        return _train_detector(args)
+    except NonFiniteLossError as e:
+        print(f"torchspine train: {e}", file=sys.stderr)
+        return 3
+
+
+def _train_detector(args: argparse.Namespace) -> int:
     from torchspine.engine.config import list_recipes, load_config
     from torchspine.engine.evaluate import format_table
-    from torchspine.engine.trainer import NonFiniteLossError, train
+    from torchspine.engine.trainer import train
 
     if args.list_recipes:
         for name in list_recipes():
             print(name)
         return 0
-    over = config_overrides(args)
-    cfg = load_config(args.config, **over)
+    cfg = load_config(args.config, **config_overrides(args))
     if args.spec:
         cfg = cfg.replace(model_overrides={**cfg.model_overrides, "spec": args.spec})
-    try:
-        result = train(cfg)
-    except NonFiniteLossError as e:
-        print(f"torchspine train: {e}", file=sys.stderr)
-        return 3
+    result = train(cfg)
     if result:  # rank 0
         print(format_table(result))
         print(f"{result['steps']} steps, {result['images_per_second']:.2f} img/s; outputs in {result['output_dir']}")

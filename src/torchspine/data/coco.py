@@ -1,10 +1,15 @@
-"""COCO-format detection dataset read with pycocotools (issue 4, item 1).
+"""COCO-format detection dataset read with pycocotools.
 
 ``CocoDetection(ann_file, image_dir, transforms=...)`` yields ``(image, target)`` with the
 image a ``3 x H x W`` float tensor in ``0..1`` and the target a torchvision detection dict:
-``boxes`` (xyxy pixels), ``labels`` (the COCO category ids themselves, as the official code
-and torchvision's COCO models do: ``num_classes = max category id + 1``), ``masks``
-(``N x H x W`` uint8, when ``with_masks``), ``image_id``, ``area``, ``iscrowd``.
+``boxes`` (xyxy pixels), ``labels``, ``masks`` (``N x H x W`` uint8, when ``with_masks``),
+``image_id``, ``area``, ``iscrowd``.
+
+Labels: the file's category ids, whatever they are (0-based, sparse, in any order), map to
+contiguous training labels ``1..K`` in ascending id order (``category_ids[label - 1]`` is the
+file's id; ``num_classes = K + 1``). Label 0 is background for both RetinaNet's
+post-processing and torchvision's Mask R-CNN, so a category with id 0 would otherwise vanish.
+:meth:`CocoDetection.category_id` maps a label back, for predictions and COCO evaluation.
 
 Crowd annotations and boxes of zero width or height are left out of training targets, as
 torchvision's COCO reference does; COCO evaluation still sees them in the ground truth (crowd
@@ -77,11 +82,13 @@ class CocoDetection(torch.utils.data.Dataset):
         with_masks: decode instance masks into the target (Mask R-CNN).
         skip_bad: leave out records that fail the annotation check instead of stopping.
         seed: base seed of the per-sample augmentation generator.
+        category_ids: the label mapping to use (``category_ids[label - 1]`` is a file id):
+            the training set's, for a validation set. Default: this file's ids, ascending.
     """
 
     def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, *,
                  transforms: Compose | None = None, with_masks: bool = False, skip_bad: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, category_ids: list[int] | None = None) -> None:
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder {str(self.image_dir)!r} not found")
@@ -92,12 +99,27 @@ class CocoDetection(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.num_corrupt = 0
-        cat_ids = sorted(self.coco.cats)
-        self.num_classes = (max(cat_ids) + 1) if cat_ids else 1
         self.category_names = {c["id"]: c["name"] for c in self.coco.dataset["categories"]}
+        own = sorted(self.coco.cats)
+        if category_ids is None:
+            category_ids = own
+        else:
+            category_ids = [int(c) for c in category_ids]
+            unknown = sorted(set(own) - set(category_ids))
+            if unknown:
+                raise ValueError(f"{self.ann_file}: categories {unknown} are not among the model's category ids "
+                                 f"{category_ids}")
+        self.category_ids: list[int] = list(category_ids)
+        self.label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
+        self.label_names = [str(self.category_names.get(cid, cid)) for cid in self.category_ids]
+        self.num_classes = len(self.category_ids) + 1  # + background (label 0)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def category_id(self, label: int) -> int:
+        """The file's category id of training label ``label`` (1..K)."""
+        return self.category_ids[int(label) - 1]
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentation depends on (seed, epoch, index) only, so it survives a resume."""
@@ -130,7 +152,7 @@ class CocoDetection(torch.utils.data.Dataset):
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         target: dict[str, Any] = {
             "boxes": boxes,
-            "labels": torch.tensor([a["category_id"] for a in keep], dtype=torch.int64),
+            "labels": torch.tensor([self.label_of[a["category_id"]] for a in keep], dtype=torch.int64),
             "area": torch.tensor([float(a.get("area", 0.0)) for a in keep], dtype=torch.float32),
             "iscrowd": torch.zeros(len(keep), dtype=torch.int64),
             "image_id": int(image_id),
