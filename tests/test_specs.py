@@ -102,8 +102,8 @@ def test_filters_truncate_like_the_reference() -> None:
         (lambda: _with_block(9, is_output=True), ["block 12", "second output at level 5", "block 9"]),
         # a missing output level: block 13 (P7) is no longer an output.
         (lambda: _with_block(13, is_output=False), ["no output block for level(s) [7]"]),
-        # an unknown block type.
-        (lambda: _with_block(2, block_type="transformer"), ["block 2", "unknown block type 'transformer'"]),
+        # an unknown block type: the block rejects it when made (its level names it).
+        (lambda: _with_block(2, block_type="transformer"), ["block (level 3)", "unknown block type 'transformer'"]),
         # non-positive scales.
         (lambda: _spec(scaling=ScalingSpec(filter_size_scale=0.0)), ["filter_size_scale", "positive", "0.0"]),
         (lambda: _spec(scaling=ScalingSpec(filter_size_scale=-0.5)), ["filter_size_scale", "positive", "-0.5"]),
@@ -126,7 +126,9 @@ def test_validation_names_block_and_problem(spec, words) -> None:
     with pytest.raises(ValueError) as err:
         spec().validate()
     msg = str(err.value)
-    assert msg.startswith("spec spinenet49:"), msg
+    # Spec-level problems name the spec; a block or a section (scaling / norm / stem) rejects
+    # its own fields when it is made, before any spec holds it.
+    assert msg.startswith(("spec spinenet49:", "block (", "scaling.", "norm.", "stem.")), msg
     for w in words:
         assert w in msg, f"{w!r} not in {msg!r}"
 

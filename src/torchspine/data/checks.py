@@ -1,4 +1,4 @@
-"""Checks of a COCO-format annotation file before training starts (issue 4, item 1).
+"""Checks of a COCO-format annotation file before training starts.
 
 Every problem is reported with the id of the record it concerns. :func:`check_coco` returns
 a :class:`CheckReport`; :func:`enforce` either raises ``ValueError`` listing the problems or,

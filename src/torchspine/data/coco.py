@@ -1,4 +1,4 @@
-"""COCO-format detection dataset read with pycocotools (issue 4, item 1).
+"""COCO-format detection dataset read with pycocotools.
 
 ``CocoDetection(ann_file, image_dir, transforms=...)`` yields ``(image, target)`` with the
 image a ``3 x H x W`` float tensor in ``0..1`` and the target a torchvision detection dict:
