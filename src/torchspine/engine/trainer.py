@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from torchspine.data.checks import check_batch_size
 from torchspine.data.coco import CocoDetection, collate_detection
 from torchspine.data.synth import ensure_synth
 from torchspine.data.transforms import build_eval_transforms, build_train_transforms
@@ -38,7 +39,8 @@ from torchspine.engine.distributed import (DistInfo, all_reduce_mean, cleanup_di
 from torchspine.engine.evaluate import evaluate_coco, format_table
 from torchspine.engine.optim import build_ema, build_optimizer, build_scheduler, scale_lr
 from torchspine.engine.plots import plot_curves
-from torchspine.utils import atomic_write_text
+from torchspine.specs.spec import SpineNetSpec
+from torchspine.utils import atomic_write_text, remove_stale_temporaries
 
 __all__ = ["NonFiniteLossError", "train", "resolve_device", "build_datasets", "epoch_batches", "schedule_steps"]
 
@@ -81,12 +83,14 @@ def build_datasets(cfg: TrainConfig, *, with_masks: bool) -> tuple[CocoDetection
     train_images = cfg.train_images or synth["train_images"]
     val_ann = cfg.val_ann or synth["val_ann"]
     val_images = cfg.val_images or synth["val_images"]
+    # Training: corrupt images are replaced (full batches), an empty annotation list is refused.
     train_ds = CocoDetection(train_ann, train_images, with_masks=with_masks, skip_bad=cfg.skip_bad_annotations,
-                             seed=cfg.seed,
+                             seed=cfg.seed, replace_corrupt=True, require_annotations=True,
+                             skip_flag="--skip-bad-annotations",
                              transforms=build_train_transforms(cfg.image_size, scale_range=cfg.scale_jitter,
                                                                hflip_prob=cfg.hflip_prob))
     val_ds = CocoDetection(val_ann, val_images, with_masks=with_masks, skip_bad=cfg.skip_bad_annotations,
-                           transforms=build_eval_transforms())
+                           transforms=build_eval_transforms(), skip_flag="--skip-bad-annotations")
     return train_ds, val_ds
 
 
@@ -174,6 +178,8 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
             overrides["stochastic_depth_rate"] = cfg.stochastic_depth_rate
         model = build_model(cfg.model, num_classes=train_ds.num_classes, image_size=cfg.image_size,
                             overrides=overrides)
+    max_level = next((m.spec.max_level for m in model.modules() if isinstance(getattr(m, "spec", None), SpineNetSpec)), 7)
+    check_batch_size(local_batch, cfg.image_size, max_level=max_level)  # before BatchNorm fails deep inside
     if cfg.dropblock:
         n = add_dropblock(model, block_size=cfg.dropblock_size, keep_prob=cfg.dropblock_keep_prob)
         logger.info("DropBlock(size %d, keep %.2f) after %d BN layers", cfg.dropblock_size, cfg.dropblock_keep_prob, n)
@@ -198,6 +204,8 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     ckpt_path = out / CHECKPOINT_NAME
+    if info.is_main:
+        remove_stale_temporaries(ckpt_path)  # left by a run killed while writing a checkpoint
     step, history, evals = 0, [], []
     if cfg.resume:
         if ckpt_path.is_file():
@@ -247,6 +255,7 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     ddp_model.train()
     train_start, images_seen = time.perf_counter(), 0
     interval_loss, interval_n = 0.0, 0
+    skipped_ids: set = set()  # corrupt training images (counted once each, whatever the reloads)
     try:
         while step < total_steps:
             epoch, epoch_step = divmod(step, steps_per_epoch)
@@ -255,7 +264,9 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
                      for b in epoch_batches(len(train_ds), cfg.batch_size, seed=cfg.seed, epoch=epoch)]
             loader = torch.utils.data.DataLoader(train_ds, batch_sampler=local[epoch_step:],
                                                  collate_fn=collate_detection, num_workers=cfg.num_workers)
-            for images, targets in loader:
+            for batch in loader:
+                images, targets = batch
+                skipped_ids.update(getattr(batch, "skipped", ()))
                 t0 = time.perf_counter()
                 images = [im.to(device, non_blocking=True) for im in images]
                 targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
@@ -321,7 +332,7 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
                      metadata={"model": cfg.model, "steps": str(step), "AP": f"{final['AP']:.4f}"})
         result = {**final, "steps": step, "train_seconds": train_seconds,
                   "images_per_second": images_seen / max(train_seconds, 1e-9), "num_train_images": len(train_ds),
-                  "corrupt_images_skipped": train_ds.num_corrupt, "output_dir": str(out), "evals": evals}
+                  "corrupt_images_skipped": len(skipped_ids), "output_dir": str(out), "evals": evals}
         atomic_write_text(out / "metrics.json", json.dumps(result, indent=2))
         atomic_write_text(out / "history.json", json.dumps({"history": history, "evals": evals}, indent=2))
         try:  # a plot must never fail a finished run
