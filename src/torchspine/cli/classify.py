@@ -13,20 +13,8 @@ import argparse
 import json
 from typing import Any
 
+from torchspine.cli.common import image_size, int_at_least, parse_set
 from torchspine.data.classification import SHAPES
-
-
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected name=value (e.g. filter_size_scale=0.25)")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="model override, repeatable (e.g. filter_size_scale=0.25, feature_combination=concat)")
     t.add_argument("--out", default="runs/classify", help="output folder (checkpoint, metrics, weights)")
-    t.add_argument("--image-size", type=int, default=224)
-    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--image-size", type=image_size, default=224)
+    t.add_argument("--batch-size", type=int_at_least(1, "batch size"), default=64)
     t.add_argument("--epochs", type=int, default=90)
     t.add_argument("--base-lr", type=float, default=0.1, help="learning rate per 256 images (linear scaling)")
     t.add_argument("--weight-decay", type=float, default=1e-4)
@@ -81,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         from torchspine.engine.classification import ClassifyConfig, train_classifier
 
         cfg = ClassifyConfig(
-            data=args.data, model=args.model, model_overrides=_parse_set(args.set), out_dir=args.out,
+            data=args.data, model=args.model, model_overrides=parse_set(args.set), out_dir=args.out,
             image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs, base_lr=args.base_lr,
             weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, schedule=args.schedule,
             label_smoothing=args.label_smoothing, min_scale=args.min_scale, workers=args.workers, seed=args.seed,
@@ -137,7 +125,7 @@ def run_train_task(args: argparse.Namespace) -> int:
     known = {f for f in ClassifyConfig.__dataclass_fields__}
     fields: dict[str, Any] = {}
     overrides: dict[str, Any] = {}
-    for key, value in _parse_set(getattr(args, "sets", []) or []).items():
+    for key, value in parse_set(getattr(args, "sets", []) or []).items():
         if key == "model_overrides":
             if not isinstance(value, dict):
                 raise ValueError(f"--set model_overrides=...: expected a JSON object, got {value!r}")

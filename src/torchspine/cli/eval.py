@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from torchspine.cli.common import image_size
 from torchspine.utils import atomic_write_text
 
 
@@ -15,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="weights file (safetensors or checkpoint.pt); default RUN/model.safetensors")
     p.add_argument("--model", help="detector name (default: from RUN/config.json)")
     p.add_argument("--model-overrides", default=None, help='JSON, e.g. \'{"filter_size_scale": 0.25}\'')
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--image-size", type=image_size)
     p.add_argument("--ann", help="COCO annotation JSON (default: the run's validation set, else the built-in one)")
     p.add_argument("--images", help="image folder for --ann")
     p.add_argument("--max-images", type=int)

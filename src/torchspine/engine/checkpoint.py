@@ -96,7 +96,12 @@ def load_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: tor
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises several types for a bad file
         raise ValueError(f"checkpoint {str(path)!r} cannot be read: {e}") from e
-    unwrap(model).load_state_dict(state["model"])
+    try:
+        unwrap(model).load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as e:  # another model's (or a damaged) checkpoint
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"checkpoint {str(path)!r} does not fit this model ({first}): it was written by another "
+                         "model or other settings; use another output folder, or the settings of that run") from e
     if optimizer is not None and state.get("optimizer") is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
