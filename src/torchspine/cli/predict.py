@@ -62,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
     kwargs.setdefault("score_thresh", args.score_thresh)  # the model's own post-NMS filter
     if args.image_size is not None:
         kwargs["image_size"] = args.image_size
+    from torchspine.models.registry import is_model, model_info
+
+    if is_model(args.model) and model_info(args.model).task not in ("detector", "instance_segmentation"):
+        raise ValueError(f"--model {args.model!r} is a {model_info(args.model).task}, not a detector "
+                         "(try retinanet_spinenet49 or maskrcnn_spinenet49)")
     model = create_model(args.model, **kwargs)
     if not hasattr(model, "transform") or not (hasattr(model, "roi_heads") or hasattr(model, "head")):
         raise ValueError(f"--model {args.model!r} is not a detector (try retinanet_spinenet49 or maskrcnn_spinenet49)")

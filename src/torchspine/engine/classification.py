@@ -229,8 +229,11 @@ def load_classifier(weights: str | os.PathLike, *, device: str = "cpu") -> tuple
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights {str(path)!r} not found")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise ValueError(f"weights {str(path)!r}: not a readable safetensors file ({e})") from e
     for key in ("model", "num_classes"):
         if key not in meta:
             raise ValueError(f"weights {str(path)!r}: metadata has no {key!r} (not written by train_classifier)")
