@@ -329,3 +329,15 @@ def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
     other.write_bytes(b"x")
     assert sorted(remove_stale_temporaries(target)) == sorted(stale)
     assert not any(s.exists() for s in stale) and other.exists()
+
+
+def test_evaluation_without_ground_truth_reports_minus_one_not_a_crash(tmp_path):
+    from torchspine.engine.evaluate import coco_metrics
+
+    data = _dataset(tmp_path, ("a.png",))
+    data["annotations"] = []
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(data))
+    ds = CocoDetection(ann, tmp_path)  # accepted for evaluation (with a warning)
+    m = coco_metrics(ds.coco, [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.9}], image_ids=[1])
+    assert m["AP"] == -1.0  # pycocotools' convention: no ground truth in any size range

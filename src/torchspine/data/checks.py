@@ -90,8 +90,9 @@ class CheckReport:
         return "\n".join(lines)
 
     def notes_summary(self, limit: int = 20) -> str:
-        lines = [f"{self.source}: {len(self.notes)} repaired or dropped record(s) {self.note_counts()}"]
-        lines += [f"  {p.record} id {p.id}: {p.message}" for p in self.notes[:limit]]
+        lines = [f"{self.source}: {len(self.notes)} warning(s): records repaired or dropped {self.note_counts()}"]
+        lines += [f"  {p.record} id {p.id}: {p.message}" if p.record != "file" else f"  {p.message}"
+                  for p in self.notes[:limit]]
         if len(self.notes) > limit:
             lines.append(f"  ... and {len(self.notes) - limit} more")
         return "\n".join(lines)
@@ -139,7 +140,7 @@ def check_coco(dataset: dict, *, image_dir: str | os.PathLike | None = None, sou
     report.num_images, report.num_annotations = len(dataset["images"]), len(dataset["annotations"])
     if not dataset["annotations"]:
         note(Problem("no_annotations", "file", None, "the 'annotations' list is empty: nothing to train on "
-                                                     "(evaluation scores every detection as a false positive)"))
+                                                     "(pycocotools reports AP -1 without ground truth)"))
     images: dict[Any, dict] = {}
     files: dict[Any, Path] = {}
     for img in dataset["images"]:
