@@ -247,3 +247,13 @@ def test_the_other_commands(tmp_path, capsys, monkeypatch, argv, words):
     assert rc == 2
     for w in words:
         assert w in text, (w, text)
+
+
+def test_run_folder_without_weights_is_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "retinanet_spinenet49s"}))
+    rc, text = run_cli(["eval", run], capsys)
+    assert rc == 2 and "model.safetensors" in text and "finished training output folder" in text
+    rc, text = run_cli(["eval", run, "--device", "tpu"], capsys)
+    assert rc == 2 and "'tpu'" in text

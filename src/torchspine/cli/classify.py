@@ -13,7 +13,7 @@ import argparse
 import json
 from typing import Any
 
-from torchspine.cli.common import image_size, int_at_least, parse_set
+from torchspine.cli.common import add_device_argument, image_size, int_at_least, parse_set
 from torchspine.data.classification import SHAPES
 
 
@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--min-scale", type=float, default=0.08, help="RandomResizedCrop minimum area fraction")
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu")
+    add_device_argument(t, default="cpu")
     t.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
 
     e = sub.add_parser("eval", help="top-1 / top-5 of saved weights on an image folder split")
@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--split", default="val")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--workers", type=int, default=2)
-    e.add_argument("--device", default="cpu")
+    add_device_argument(e, default="cpu")
 
 
 def run(args: argparse.Namespace) -> int:

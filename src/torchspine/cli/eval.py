@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from torchspine.cli.common import image_size
+from torchspine.cli.common import add_device_argument, image_size, run_folder_weights
 from torchspine.utils import atomic_write_text
 
 
@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", help="image folder for --ann")
     p.add_argument("--max-images", type=int)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default="auto")
+    add_device_argument(p, default="auto")
     p.add_argument("--json", dest="json_out", help="write the metrics here (default RUN/eval.json or eval.json)")
     from torchspine.cli.classify import add_task_arguments
 
@@ -60,9 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.get("stochastic_depth_rate") is not None:
         overrides.setdefault("stochastic_depth_rate", cfg["stochastic_depth_rate"])
     image_size = args.image_size or cfg.get("image_size") or 640
-    weights = args.weights or (str(Path(args.run) / "model.safetensors") if args.run else None)
-    if not weights:
-        raise ValueError("give --weights (or a training output folder)")
+    weights = str(run_folder_weights(args.run, args.weights))  # errors name the missing file
     if args.ann:
         if not args.images:
             raise ValueError("--ann needs --images")
