@@ -39,14 +39,12 @@ COMMANDS: list[tuple[str, str, str]] = [
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser; with ``only``, just that command's module is imported (fast start-up)."""
     parser = argparse.ArgumentParser(prog="torchspine", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the traceback of an error (also after the command name)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module, help_text in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        # -v also after the command name (``torchspine export ... -v``).
-        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                       help="debug logging; show the traceback of an error")
         if only is None or name == only:
             importlib.import_module(module).add_arguments(p)
     return parser
@@ -62,9 +60,14 @@ def _command_name(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # -v / --verbose anywhere (``torchspine data check ANN -v`` too), not only before the command.
+    cut = argv.index("--") if "--" in argv else len(argv)
+    verbose = any(a in ("-v", "--verbose") for a in argv[:cut])
+    argv = [a for a in argv[:cut] if a not in ("-v", "--verbose")] + argv[cut:]
     # Import only the chosen command's module (each pulls in torch, Ray, ... on its own).
     parser = build_parser(only=_command_name(argv) or "")
     args = parser.parse_args(argv)
+    args.verbose = verbose
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not getattr(args, "command", None):
