@@ -6,9 +6,9 @@ image a ``3 x H x W`` float tensor in ``0..1`` and the target a torchvision dete
 and torchvision's COCO models do: ``num_classes = max category id + 1``), ``masks``
 (``N x H x W`` uint8, when ``with_masks``), ``image_id``, ``area``, ``iscrowd``.
 
-Crowd annotations and boxes of zero width or height are left out of training targets, as
-torchvision's COCO reference does; COCO evaluation still sees them in the ground truth (crowd
-regions are "ignore" regions there). The annotation file is checked before use
+Crowd annotations are left out of training targets, as torchvision's COCO reference does;
+COCO evaluation still sees them in the ground truth (crowd regions are "ignore" regions
+there). The annotation file is checked before use
 (:mod:`torchspine.data.checks`): boxes partly outside their image are clipped to it, boxes
 entirely outside it and zero-area boxes are dropped (each logged with a count); an empty
 ``annotations`` list is refused for training (``require_annotations``) and logged otherwise.
