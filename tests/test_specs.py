@@ -332,3 +332,13 @@ def test_genome_with_non_default_levels_round_trips():
     blocks[13] = dataclasses.replace(blocks[13], is_output=False)  # no P7 output
     spec = base.replace(blocks=tuple(blocks), max_level=6)
     assert SpineNetSpec.from_genome(spec.to_genome()) == spec
+
+
+def test_numpy_numbers_are_accepted_and_stored_as_python_numbers():
+    import numpy as np
+
+    b = BlockSpec(np.int64(3), "bottleneck", np.array([0, 1]).tolist(), np.bool_(True))
+    assert (type(b.level), b.input_offsets, type(b.is_output)) == (int, (0, 1), bool)
+    n = NormSpec(np.float32(0.5), 1e-3)
+    assert type(n.momentum) is float and n.momentum == 0.5
+    assert json.loads(_spec(min_level=np.int64(3)).to_json())["min_level"] == 3

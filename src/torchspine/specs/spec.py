@@ -22,8 +22,11 @@ The JSON and genome serializations live in :mod:`torchspine.specs.codec`; the me
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args
+
+from numpy import bool_ as np_bool
 
 __all__ = [
     "BLOCK_TYPE_CODES",
@@ -100,26 +103,34 @@ def _fail(where: str, msg: str) -> None:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    # numbers.Integral also admits numpy integers (normalised to int by _check_int).
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np_bool))
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np_bool)) and math.isfinite(v)
 
 
-def _check_int(where: str, name: str, v: Any) -> None:
+def _check_int(where: str, name: str, v: Any, obj: Any = None) -> None:
+    """Fail unless ``v`` is an integer; with ``obj``, store it back on ``obj`` as a plain ``int``."""
     if not _is_int(v):
         _fail(where, f"field {name!r} must be an integer, got {v!r} ({type(v).__name__})")
+    if obj is not None and type(v) is not int:
+        _set(obj, name, int(v))
 
 
-def _check_number(where: str, name: str, v: Any) -> None:
+def _check_number(where: str, name: str, v: Any, obj: Any = None) -> None:
     if not _is_number(v):
         _fail(where, f"field {name!r} must be a finite number, got {v!r} ({type(v).__name__})")
+    if obj is not None and type(v) not in (int, float):
+        _set(obj, name, float(v))
 
 
-def _check_bool(where: str, name: str, v: Any) -> None:
-    if not isinstance(v, bool):
+def _check_bool(where: str, name: str, v: Any, obj: Any = None) -> None:
+    if not isinstance(v, (bool, np_bool)):
         _fail(where, f"field {name!r} must be true or false, got {v!r} ({type(v).__name__})")
+    if obj is not None and type(v) is not bool:
+        _set(obj, name, bool(v))
 
 
 def _check_choice(where: str, name: str, v: Any, choices: tuple) -> None:
@@ -130,7 +141,7 @@ def _check_choice(where: str, name: str, v: Any, choices: tuple) -> None:
 def _int_tuple(where: str, name: str, v: Any) -> tuple[int, ...]:
     if not isinstance(v, (tuple, list)) or not all(_is_int(x) for x in v):
         _fail(where, f"field {name!r} must be a list of integers, got {v!r}")
-    return tuple(v)
+    return tuple(int(x) for x in v)
 
 
 def _set(obj: Any, name: str, value: Any) -> None:
@@ -161,11 +172,11 @@ class BlockSpec:
 
     def __post_init__(self) -> None:
         where = f"block (level {self.level!r})"
-        _check_int(where, "level", self.level)
+        _check_int(where, "level", self.level, self)
         if not isinstance(self.block_type, str) or self.block_type not in BLOCK_TYPE_CODES:
             _fail(where, f"unknown block type {self.block_type!r}; expected one of {tuple(BLOCK_TYPE_CODES)}")
         _set(self, "input_offsets", _int_tuple(where, "input_offsets", self.input_offsets))
-        _check_bool(where, "is_output", self.is_output)
+        _check_bool(where, "is_output", self.is_output, self)
 
 
 @dataclass(frozen=True)
@@ -179,11 +190,11 @@ class ScalingSpec:
 
     def __post_init__(self) -> None:
         for name in ("endpoints_num_filters", "block_repeats"):
-            _check_int("scaling", name, getattr(self, name))
+            _check_int("scaling", name, getattr(self, name), self)
             if getattr(self, name) < 1:
                 _fail("", f"scaling.{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("filter_size_scale", "resample_alpha"):
-            _check_number("scaling", name, getattr(self, name))
+            _check_number("scaling", name, getattr(self, name), self)
             if not getattr(self, name) > 0:
                 _fail("", f"scaling.{name} must be positive, got {getattr(self, name)!r}")
 
@@ -208,7 +219,7 @@ class StemSpec:
 
     def __post_init__(self) -> None:
         _check_choice("", "stem.kind", self.kind, get_args(StemKind))
-        _check_int("stem", "conv_filters", self.conv_filters)
+        _check_int("stem", "conv_filters", self.conv_filters, self)
         if self.conv_filters < 1:
             _fail("", f"stem.conv_filters must be positive, got {self.conv_filters!r}")
         levels = _int_tuple("stem", "block_levels", self.block_levels)
@@ -240,8 +251,8 @@ class NormSpec:
     epsilon: float = CODEBASE_FLAVORS["tpu"]["epsilon"]
 
     def __post_init__(self) -> None:
-        _check_number("norm", "momentum", self.momentum)
-        _check_number("norm", "epsilon", self.epsilon)
+        _check_number("norm", "momentum", self.momentum, self)
+        _check_number("norm", "epsilon", self.epsilon, self)
         if not 0.0 <= self.momentum < 1.0:
             _fail("", f"norm.momentum must be in [0, 1), got {self.momentum!r}")
         if not self.epsilon > 0:
@@ -318,9 +329,9 @@ class SpineNetSpec:
             if not isinstance(getattr(self, name), cls):
                 fail(f"field {name!r} must be a {cls.__name__}, got {getattr(self, name)!r}")
         for name in ("min_level", "max_level", "stochastic_depth_denominator"):
-            _check_int(where, name, getattr(self, name))
-        _check_number(where, "stochastic_depth_rate", self.stochastic_depth_rate)
-        _check_bool(where, "zero_outdegree_connections", self.zero_outdegree_connections)
+            _check_int(where, name, getattr(self, name), self)
+        _check_number(where, "stochastic_depth_rate", self.stochastic_depth_rate, self)
+        _check_bool(where, "zero_outdegree_connections", self.zero_outdegree_connections, self)
         _check_choice(where, "activation", self.activation, get_args(Activation))
         _check_choice(where, "padding", self.padding, get_args(Padding))
         _check_choice(where, "resample", self.resample, get_args(Resample))
