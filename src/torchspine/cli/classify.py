@@ -12,13 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from torchspine.cli.common import add_device_argument, image_size, int_at_least, parse_set
 from torchspine.data.classification import SHAPES
-
-
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    from torchspine.cli.train import parse_sets  # the one --set parser of the training commands
-
-    return parse_sets(items)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,8 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="model override, repeatable (e.g. filter_size_scale=0.25, feature_combination=concat)")
     t.add_argument("--out", default="runs/classify", help="output folder (checkpoint, metrics, weights)")
-    t.add_argument("--image-size", type=int, default=224)
-    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--image-size", type=image_size, default=224)
+    t.add_argument("--batch-size", type=int_at_least(1, "batch size"), default=64)
     t.add_argument("--epochs", type=int, default=90)
     t.add_argument("--base-lr", type=float, default=0.1, help="learning rate per 256 images (linear scaling)")
     t.add_argument("--weight-decay", type=float, default=1e-4)
@@ -48,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--min-scale", type=float, default=0.08, help="RandomResizedCrop minimum area fraction")
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu")
+    add_device_argument(t, default="cpu")
     t.add_argument("--no-resume", action="store_true", help="start over even if OUT/checkpoint.pt exists")
 
     e = sub.add_parser("eval", help="top-1 / top-5 of saved weights on an image folder split")
@@ -57,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--split", default="val")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--workers", type=int, default=2)
-    e.add_argument("--device", default="cpu")
+    add_device_argument(e, default="cpu")
 
 
 def _print_training(result: dict[str, Any]) -> None:
@@ -85,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         from torchspine.engine.classification import ClassifyConfig, train_classifier
 
         cfg = ClassifyConfig(
-            data=args.data, model=args.model, model_overrides=_parse_set(args.set), out_dir=args.out,
+            data=args.data, model=args.model, model_overrides=parse_set(args.set), out_dir=args.out,
             image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs, base_lr=args.base_lr,
             weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, schedule=args.schedule,
             label_smoothing=args.label_smoothing, min_scale=args.min_scale, workers=args.workers, seed=args.seed,

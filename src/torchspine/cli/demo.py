@@ -14,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+from torchspine.cli.common import add_device_argument
 from torchspine.utils import atomic_write, atomic_write_text
 
 RECIPE = "demo_synth"
@@ -23,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
     p.add_argument("--num-images", type=int, default=6, help="validation images drawn with predictions")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda (default: the recipe's, cpu)")
+    add_device_argument(p, default=None)  # default: the recipe's (cpu)
     p.add_argument("--num-threads", type=int, default=None, help="CPU threads")
     p.add_argument("--no-profile", action="store_true", help="skip the profile table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from torchspine.cli.common import add_device_argument, image_size, run_folder_weights
 from torchspine.utils import atomic_write_text
 
 
@@ -15,12 +16,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="weights file (safetensors or checkpoint.pt); default RUN/model.safetensors")
     p.add_argument("--model", help="detector name (default: from RUN/config.json)")
     p.add_argument("--model-overrides", default=None, help='JSON, e.g. \'{"filter_size_scale": 0.25}\'')
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--image-size", type=image_size)
     p.add_argument("--ann", help="COCO annotation JSON (default: the run's validation set, else the built-in one)")
     p.add_argument("--images", help="image folder for --ann")
     p.add_argument("--max-images", type=int)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default="auto")
+    add_device_argument(p, default="auto")
     p.add_argument("--json", dest="json_out", help="write the metrics here (default RUN/eval.json or eval.json)")
     from torchspine.cli.classify import add_task_arguments
 
@@ -44,9 +45,7 @@ def run(args: argparse.Namespace) -> int:
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{cfg_path} not found: is {args.run!r} a training output folder?")
         cfg = json.loads(cfg_path.read_text())
-    weights = args.weights or (str(Path(args.run) / "model.safetensors") if args.run else None)
-    if not weights:
-        raise ValueError("give --weights (or a training output folder)")
+    weights = str(run_folder_weights(args.run, args.weights))  # errors name the missing file
     if args.ann:
         if not args.images:
             raise ValueError("--ann needs --images")

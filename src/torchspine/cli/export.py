@@ -7,6 +7,8 @@ import json
 
 import torch
 
+from torchspine.cli.common import MIN_IMAGE_SIZE, add_set_argument, int_at_least, parse_set
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
@@ -17,28 +19,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "safetensors / torch state dict for --model")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (onnx)")
     p.add_argument("--out", required=True, help="output file")
-    p.add_argument("--size", type=int, nargs="+", default=[256], metavar="N",
+    p.add_argument("--size", type=int_at_least(MIN_IMAGE_SIZE, "--size"), nargs="+", default=[256], metavar="N",
                    help="example input size: N (square) or H W; dynamic export needs multiples of 128, >= 256")
     p.add_argument("--no-postprocess", action="store_true",
                    help="detectors: export raw head outputs (cls_logits, bbox_regression) instead of boxes after NMS")
     p.add_argument("--static", action="store_true",
                    help="fixed image size (legacy exporter, faster); default: dynamic batch and image size")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=JSON",
-                   help="model keyword / spec override, e.g. --set num_classes=10 (repeatable)")
+    add_set_argument(p, help="model keyword / spec override, e.g. --set num_classes=10 (repeatable)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs PyTorch check")
 
 
 def _load_model(args: argparse.Namespace) -> torch.nn.Module:
-    from torchspine.cli.convert import _parse_sets
+    try:
+        return _load_model_unchecked(args)
+    except (RuntimeError, KeyError) as e:  # a damaged file or weights of another model
+        if not args.weights:
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"weights {args.weights}: cannot be loaded into {args.model} ({first})") from e
+
+
+def _load_model_unchecked(args: argparse.Namespace) -> torch.nn.Module:
     from torchspine.models.registry import create_model
 
-    overrides = _parse_sets(args.sets)
+    overrides = parse_set(args.sets)
     if args.weights:
         from safetensors import safe_open
 
         if str(args.weights).endswith(".safetensors"):
-            with safe_open(args.weights, framework="pt") as f:
-                meta = f.metadata() or {}
+            try:
+                with safe_open(args.weights, framework="pt") as f:
+                    meta = f.metadata() or {}
+            except FileNotFoundError:
+                raise FileNotFoundError(f"weights file not found: {args.weights}") from None
+            except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+                raise ValueError(f"weights {args.weights}: not a readable safetensors file ({e})") from e
             if meta.get("format") == "torchspine.converted/1":
                 from safetensors.torch import load_file
 
@@ -52,7 +67,9 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
 
             state = load_file(args.weights)
         else:
-            state = torch.load(args.weights, map_location="cpu", weights_only=True)
+            from torchspine.models.saved import load_state_dict
+
+            state = load_state_dict(args.weights)  # errors name the file
             if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
                 state = state["model"]
         model = create_model(args.model, **overrides)

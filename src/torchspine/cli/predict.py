@@ -11,7 +11,6 @@ cannot be decoded is reported by name on stderr and skipped; the exit status is 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from torchspine.analysis.visualize import class_names_for, draw_detections
+from torchspine.cli.common import add_set_argument, image_size, parse_set
 from torchspine.data.images import find_images, read_image
 from torchspine.engine.evaluate import to_coco_results
 from torchspine.engine.predict import predict
@@ -37,27 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "without it the model is randomly initialised (a warning is printed)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--num-classes", type=int, default=91, help="classes of the weights (default: %(default)s, COCO)")
-    p.add_argument("--image-size", type=int, default=None, help="target long side (default: the model's)")
+    p.add_argument("--image-size", type=image_size, default=None, help="target long side (default: the model's)")
     p.add_argument("--score-thresh", type=float, default=0.3,
                    help="draw and write detections with at least this score (default: %(default)s)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra model keyword (detector setting or SpineNet spec field), e.g. "
-                        "--set filter_size_scale=0.25; repeatable")
+    add_set_argument(p, dest="overrides", help="extra model keyword (detector setting or SpineNet spec field), "
+                                               "value JSON or a plain string, e.g. --set filter_size_scale=0.25; "
+                                               "repeatable")
     p.add_argument("--no-optimize", action="store_true", help="skip BN folding and channels_last")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-
-
-def _parse_overrides(items: list[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value  # a bare string such as swish
-    return out
 
 
 def _save_png(path: Path, image: torch.Tensor) -> None:
@@ -70,11 +57,16 @@ def _save_png(path: Path, image: torch.Tensor) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    kwargs = _parse_overrides(args.overrides)
+    kwargs = parse_set(args.overrides)
     kwargs["num_classes"] = args.num_classes
     kwargs.setdefault("score_thresh", args.score_thresh)  # the model's own post-NMS filter
-    if args.image_size:
+    if args.image_size is not None:
         kwargs["image_size"] = args.image_size
+    from torchspine.models.registry import is_model, model_info
+
+    if is_model(args.model) and model_info(args.model).task not in ("detector", "instance_segmentation"):
+        raise ValueError(f"--model {args.model!r} is a {model_info(args.model).task}, not a detector "
+                         "(try retinanet_spinenet49 or maskrcnn_spinenet49)")
     model = create_model(args.model, **kwargs)
     if not hasattr(model, "transform") or not (hasattr(model, "roi_heads") or hasattr(model, "head")):
         raise ValueError(f"--model {args.model!r} is not a detector (try retinanet_spinenet49 or maskrcnn_spinenet49)")

@@ -5,9 +5,10 @@ recipe on the built-in synthetic dataset). Runs under ``torchrun`` for several p
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
+
+from torchspine.cli.common import add_device_argument, add_set_argument, image_size, int_at_least, parse_set
 
 DEFAULT_RECIPE = "demo_synth"
 
@@ -22,12 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-images", help="image folder of the training set")
     p.add_argument("--val-ann", help="COCO annotation JSON of the validation set")
     p.add_argument("--val-images", help="image folder of the validation set")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch (all processes)")
+    p.add_argument("--image-size", type=image_size)
+    p.add_argument("--batch-size", type=int_at_least(1, "batch size"), help="global batch (all processes)")
     p.add_argument("--epochs", type=float)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--lr", type=float, help="learning rate at the recipe's lr_reference_batch")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    add_device_argument(p, default=None)
     p.add_argument("--output-dir", "--out", dest="output_dir")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
     p.add_argument("--eval-interval", type=int, help="evaluate every N steps (0: only at the end)")
@@ -38,26 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad-annotations", action="store_true",
                    help="leave out records that fail the annotation check (and say how many) instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=JSON",
-                   help='any config field, value in JSON: --set ema_decay=0.9998 --set '
-                        '\'model_overrides={"filter_size_scale": 0.25}\'')
+    add_set_argument(p, help='any config field (value: JSON or a plain string): --set ema_decay=0.9998 --set '
+                             '\'model_overrides={"filter_size_scale": 0.25}\'')
     from torchspine.cli.classify import add_task_arguments
 
     add_task_arguments(p)  # --task classify --data DIR: handled by torchspine.cli.classify
-
-
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``--set FIELD=JSON`` items (a value that is not JSON is a bare string)."""
-    over: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set {item!r}: expected FIELD=JSON")
-        try:
-            over[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            over[key.strip()] = value  # a bare string
-    return over
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -74,7 +60,7 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
             over[field] = True
     if getattr(args, "no_progress", False):
         over["progress"] = False
-    over.update(parse_sets(getattr(args, "sets", [])))
+    over.update(parse_set(getattr(args, "sets", [])))
     return over
 
 
@@ -85,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, "task", "detect") == "classify":
             from torchspine.cli.classify import run_train_task
 
-            return run_train_task(args, parse_sets(getattr(args, "sets", [])))
+            return run_train_task(args, parse_set(getattr(args, "sets", [])))
         return _train_detector(args)
     except NonFiniteLossError as e:
         print(f"torchspine train: {e}", file=sys.stderr)

@@ -56,7 +56,9 @@ def image_folder(root: str | os.PathLike, split: str, transform=None):
         raise FileNotFoundError(f"classification data: no {split!r} folder at {str(path)!r} "
                                 f"(expected {root}/{split}/<class>/<image>)")
     try:
-        return ImageFolder(str(path), transform=transform)
+        from torchspine.data.images import read_image_pil  # the one reader: 16-bit, CMYK, EXIF -> 8-bit RGB
+
+        return ImageFolder(str(path), transform=transform, loader=read_image_pil)
     except (FileNotFoundError, RuntimeError) as e:
         raise ValueError(f"classification data: {str(path)!r}: {e}") from e
 

@@ -24,6 +24,12 @@ def build_model(name: str, *, num_classes: int, image_size: int, overrides: dict
     replaces the backbone spec of a ``retinanet_spinenet*`` / ``maskrcnn_spinenet*`` model while
     keeping its detector preset; the builders take it themselves.
     """
+    from torchspine.models.registry import is_model, list_models, model_info
+
+    if is_model(name) and model_info(name).task not in ("detector", "instance_segmentation"):
+        detectors = list_models("retinanet_spinenet*") + list_models("maskrcnn_spinenet*")
+        raise ValueError(f"model {name!r} is a {model_info(name).task}, not a detector: give a detector "
+                         f"(e.g. {', '.join(detectors[:4])}), or train a classifier with --task classify")
     kw = dict(overrides or {})
     kw.setdefault("num_classes", num_classes)
     kw.setdefault("image_size", image_size)

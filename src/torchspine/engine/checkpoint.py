@@ -83,20 +83,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def clean_orphans(path: str | os.PathLike) -> int:
-    """Remove temporary files that a killed atomic write of ``path`` left beside it
-    (``.<name>.*.tmp``); returns how many were removed."""
-    path = Path(path)
-    removed = 0
-    if path.parent.is_dir():
-        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-            try:
-                tmp.unlink()
-                removed += 1
-            except FileNotFoundError:  # another process removed it first
-                pass
-    if removed:
-        logger.info("removed %d orphaned temporary file(s) of %s", removed, path)
-    return removed
+    """Remove temporary files that a killed atomic write of ``path`` left beside it; returns how many."""
+    from torchspine.utils import remove_stale_temporaries
+
+    return len(remove_stale_temporaries(path))
 
 
 def _to(obj: Any, device: str | torch.device) -> Any:
@@ -154,7 +144,12 @@ def load_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: tor
         state["model"] = _to(state["model"], map_location)
         if state.get("ema") is not None:
             state["ema"] = _to(state["ema"], map_location)
-    unwrap(model).load_state_dict(state["model"])
+    try:
+        unwrap(model).load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as e:  # another model's (or a damaged) checkpoint
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"checkpoint {str(path)!r} does not fit this model ({first}): it was written by another "
+                         "model or other settings; use another output folder, or the settings of that run") from e
     if optimizer is not None and state.get("optimizer") is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:

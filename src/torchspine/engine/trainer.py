@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from torchspine.data.checks import check_batch_size
 from torchspine.data.coco import CocoDetection, collate_detection
 from torchspine.data.synth import ensure_synth
 from torchspine.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transforms, build_train_transforms
@@ -38,6 +39,7 @@ from torchspine.engine.optim import scale_lr
 from torchspine.engine.plots import plot_curves
 from torchspine.layers.dropout import add_dropblock
 from torchspine.utils import atomic_write_text
+from torchspine.specs.spec import SpineNetSpec
 
 __all__ = ["CHECKPOINT_NAME", "NonFiniteLossError", "train", "resolve_device", "build_datasets", "epoch_batches",
            "schedule_steps", "setup_run", "final_model_info"]
@@ -72,12 +74,15 @@ def build_datasets(cfg: TrainConfig, *, with_masks: bool) -> tuple[CocoDetection
     train_images = cfg.train_images or synth["train_images"]
     val_ann = cfg.val_ann or synth["val_ann"]
     val_images = cfg.val_images or synth["val_images"]
+    # Training: corrupt images are replaced (full batches), an empty annotation list is refused.
     train_ds = CocoDetection(train_ann, train_images, with_masks=with_masks, skip_bad=cfg.skip_bad_annotations,
-                             seed=cfg.seed,
+                             seed=cfg.seed, replace_corrupt=True, require_annotations=True,
+                             skip_flag="--skip-bad-annotations",
                              transforms=build_train_transforms(cfg.image_size, scale_range=cfg.scale_jitter,
                                                                hflip_prob=cfg.hflip_prob))
     val_ds = CocoDetection(val_ann, val_images, with_masks=with_masks, skip_bad=cfg.skip_bad_annotations,
-                           transforms=build_eval_transforms(), category_ids=train_ds.category_ids)
+                           transforms=build_eval_transforms(), category_ids=train_ds.category_ids,
+                           skip_flag="--skip-bad-annotations")
     return train_ds, val_ds
 
 
@@ -178,6 +183,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, out: Path, mo
     total_steps, decay_steps = schedule_steps(cfg, steps_per_epoch)
 
     model = _build_detector(cfg, train_ds.num_classes, model)
+    max_level = next((m.spec.max_level for m in model.modules() if isinstance(getattr(m, "spec", None), SpineNetSpec)), 7)
+    check_batch_size(cfg.batch_size // info.world_size, cfg.image_size, max_level=max_level)  # before BatchNorm fails deep inside
     model = convert_batchnorm(model, device=device, world_size=info.world_size, mode=cfg.sync_bn)
     if info.distributed and globalize_loss_normalizer(model):
         logger.info("loss normalised by the positives of the global batch (DDP == one process)")

@@ -127,7 +127,13 @@ class BlockFamily:
 BLOCK_REGISTRY: dict[str, BlockFamily] = {}
 
 
-def register_block(name: str, family: BlockFamily) -> None:
+def register_block(name: str, family: BlockFamily, *, code: str | None = None) -> None:
+    """Register how to build block type ``name``; with ``code`` (one letter, its genome code)
+    specs may name the type too (:func:`torchspine.specs.register_block_type`)."""
+    if code is not None:
+        from torchspine.specs.spec import register_block_type
+
+        register_block_type(name, code)
     BLOCK_REGISTRY[name] = family
 
 
