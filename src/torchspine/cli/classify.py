@@ -121,11 +121,9 @@ def add_task_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _device(name: str | None) -> str:
-    if name in (None, "auto"):
-        import torch
+    from torchspine.utils import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return str(resolve_device(name))
 
 
 def run_train_task(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from torchspine.engine.build import build_model
     from torchspine.engine.evaluate import evaluate_coco, format_table
     from torchspine.engine.trainer import resolve_device
+    from torchspine.models.registry import model_info
     from torchspine.models.saved import load_weights
 
     cfg: dict = {}
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         synth = ensure_synth()
         ann, images = synth["val_ann"], synth["val_images"]
-    with_masks = name.startswith("maskrcnn")
+    with_masks = model_info(name).task == "instance_segmentation"
     dataset = CocoDetection(ann, images, with_masks=with_masks)
     model = build_model(name, num_classes=dataset.num_classes, image_size=image_size, overrides=overrides)
     load_weights(model, weights)

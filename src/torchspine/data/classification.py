@@ -19,15 +19,13 @@ import os
 import random
 from pathlib import Path
 
-from torchspine.utils import atomic_write
+from torchspine.utils import IMAGENET_MEAN, IMAGENET_STD, atomic_write  # IMAGENET_*: re-exported
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SHAPES", "classification_transforms", "image_folder",
            "make_shapes_dataset"]
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "bar", "diamond", "star")
 
 

@@ -38,6 +38,8 @@ from torchspine.engine.distributed import (DistInfo, all_reduce_mean, cleanup_di
 from torchspine.engine.evaluate import evaluate_coco, format_table
 from torchspine.engine.optim import build_ema, build_optimizer, build_scheduler, scale_lr
 from torchspine.engine.plots import plot_curves
+from torchspine import utils
+from torchspine.models.registry import model_info
 from torchspine.utils import atomic_write_text
 
 __all__ = ["NonFiniteLossError", "train", "resolve_device", "build_datasets", "epoch_batches", "schedule_steps"]
@@ -58,13 +60,9 @@ class NonFiniteLossError(RuntimeError):
 
 
 def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    if name == "cuda" and dist_info is not None and dist_info.distributed:
-        name = f"cuda:{dist_info.local_rank}"
-    return torch.device(name)
+    """:func:`torchspine.utils.resolve_device` with this process's local rank under DDP."""
+    local_rank = dist_info.local_rank if dist_info is not None and dist_info.distributed else None
+    return utils.resolve_device(name, local_rank=local_rank)
 
 
 def _spec_to_json(v: Any) -> Any:
@@ -160,7 +158,8 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     if info.is_main and (cfg.train_ann is None or cfg.val_ann is None):
         ensure_synth()  # rank 0 generates the built-in set once; the others wait
     _barrier(info)
-    with_masks = cfg.with_masks if cfg.with_masks is not None else cfg.model.startswith("maskrcnn")
+    with_masks = (cfg.with_masks if cfg.with_masks is not None
+                  else model_info(cfg.model).task == "instance_segmentation")
     train_ds, val_ds = build_datasets(cfg, with_masks=with_masks)
     steps_per_epoch = len(train_ds) // cfg.batch_size
     if steps_per_epoch < 1:

@@ -21,13 +21,13 @@ from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from torchspine.utils import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ["DetectionTransform", "ResizeMode", "to_rgb_float"]
 
 ResizeMode = Literal["square", "long_side", "none"]
 _RESIZE_MODES = ("square", "long_side", "none")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_rgb_float(image: Tensor) -> Tensor:
