@@ -1,4 +1,5 @@
-"""Building blocks of the scale-permuted network (reference section 3; He et al. 2016).
+"""Building blocks of the scale-permuted network (paper section 3;
+tensorflow/tpu models/official/detection/modeling/architecture/nn_blocks.py; He et al. 2016).
 
 * :class:`BottleneckBlock`: 1x1(f) -> BN -> act -> 3x3(f, stride) -> BN -> act -> 1x1(4f) -> BN,
   optional 1x1(4f, stride) + BN projection shortcut, stochastic depth on the branch, then

@@ -1,6 +1,6 @@
 """Cross-scale resampling (paper section 3.2, Figure 4; official ``resample_with_alpha``).
 
-Order of operations, as in the reference:
+Order of operations, as in tensorflow/tpu models/official/detection/modeling/architecture/spinenet.py:
 
 1. reduce: 1x1 conv to ``a = int(C * alpha)`` channels -> BN -> act, where ``C`` is the
    parent's channels divided by 4 when the parent is a bottleneck-like block;

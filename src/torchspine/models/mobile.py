@@ -4,7 +4,7 @@ Plugs into the one :class:`~torchspine.models.backbone.SpineNet` class:
 
 * stem kind ``"mobile"``: 3x3/2 conv with ``int(conv_filters * filter_size_scale)`` filters ->
   BN -> act, then one block group per ``stem.block_levels`` entry (official: an L1 MBConv at
-  stride 1, then an L2 MBConv at stride 2); reference section 3;
+  stride 1, then an L2 MBConv at stride 2; tensorflow/tpu models/official/detection/modeling/architecture/spinenet_mbconv.py);
 * resample kind ``"sepconv"``: :class:`~torchspine.layers.mbconv.ResampleSepConv`.
 
 Registered backbones: ``spinenet_mobile49``, ``spinenet_mobile49s``, ``spinenet_mobile49xs``

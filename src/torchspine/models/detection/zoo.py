@@ -14,7 +14,7 @@ spinenet49_mbconv_retinanet.yaml):
 * Mask R-CNN: 640 / 640 / 1024 / 1280 / 1536 px, anchor size 3 / 3 / 3 / 4 / 5; 190 has an RPN of
   384 filters and box / mask heads of 7 convs of 384; the backbone's BatchNorm is momentum 0.99,
   epsilon 1e-3 (``batch_norm_momentum`` / ``batch_norm_epsilon`` of every SpineNet Mask R-CNN
-  config) unless the caller sets ``norm``, ``momentum`` or ``epsilon``.
+  config); ``momentum`` / ``epsilon`` / ``norm`` given by the caller win.
 
 :func:`build_detector` routes each keyword by the detector class's signature: its settings go
 to the detector, every other keyword is a backbone override (a spec field, or ``flavor`` for
@@ -49,7 +49,7 @@ class DetectorPreset:
     detector: type[nn.Module]
     backbone: str  # a registered backbone name
     settings: Mapping[str, Any]
-    backbone_defaults: Mapping[str, Any] = field(default_factory=dict)  # spec overrides unless the caller sets BN
+    backbone_defaults: Mapping[str, Any] = field(default_factory=dict)  # spec overrides the caller may override
     family: str = "spinenet"
 
     @property
@@ -114,7 +114,7 @@ def build_detector(name: str, *, spec: SpineNetSpec | dict | str | None = None, 
     keys = detector_settings(preset.detector)
     settings = {**preset.settings, **{k: v for k, v in kwargs.items() if k in keys}}
     overrides = {k: v for k, v in kwargs.items() if k not in keys}
-    if not {"norm", "momentum", "epsilon"} & set(overrides):
+    if "norm" not in overrides:  # each default applies unless the caller sets it (or a whole NormSpec)
         overrides = {**preset.backbone_defaults, **overrides}
     if spec is None:
         backbone = create_model(preset.backbone, **overrides)
