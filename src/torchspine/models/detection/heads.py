@@ -48,8 +48,16 @@ from torchvision.ops import sigmoid_focal_loss
 from torchspine.layers.conv import SeparableConv2d, create_act, create_norm
 from torchspine.specs.spec import NormSpec
 
-__all__ = ["ConvFCBoxHead", "MaskHead", "RPNHeadPerLevelBN", "RetinaNetHead", "SharedConvTower", "box_predictor",
+__all__ = ["ConvFCBoxHead", "pyramid_width", "MaskHead", "RPNHeadPerLevelBN", "RetinaNetHead", "SharedConvTower", "box_predictor",
            "mask_predictor"]
+
+
+def pyramid_width(backbone: nn.Module, detector: str) -> int:
+    """The one channel width of every pyramid level, which heads shared across levels need."""
+    widths = set(backbone.out_channels.values())
+    if len(widths) != 1:
+        raise ValueError(f"{detector} needs equal channels on every level, got {backbone.out_channels}")
+    return widths.pop()
 
 
 class SharedConvTower(nn.Module):

@@ -41,7 +41,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from torchspine.models.backbone import SpineNet
 from torchspine.models.detection.anchors import SpineNetAnchorGenerator
-from torchspine.models.detection.heads import ConvFCBoxHead, MaskHead, RPNHeadPerLevelBN
+from torchspine.models.detection.heads import ConvFCBoxHead, MaskHead, RPNHeadPerLevelBN, pyramid_width
 from torchspine.models.detection.heads import box_predictor as _box_predictor
 from torchspine.models.detection.heads import mask_predictor as _mask_predictor
 from torchspine.models.detection.transform import DetectionTransform, ResizeMode
@@ -96,10 +96,7 @@ class SpineNetMaskRCNN(MaskRCNN):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
         spec = backbone.spec
-        channels = set(backbone.out_channels.values())
-        if len(channels) != 1:
-            raise ValueError(f"Mask R-CNN needs equal channels on every level, got {backbone.out_channels}")
-        in_channels = channels.pop()
+        in_channels = pyramid_width(backbone, "Mask R-CNN")
         names = list(backbone.out_channels)
         num_levels = len(names)
         norm, act = spec.norm, spec.activation

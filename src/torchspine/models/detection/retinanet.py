@@ -29,7 +29,7 @@ from torchvision.ops import boxes as box_ops
 
 from torchspine.models.backbone import SpineNet
 from torchspine.models.detection.anchors import SpineNetAnchorGenerator
-from torchspine.models.detection.heads import RetinaNetHead
+from torchspine.models.detection.heads import RetinaNetHead, pyramid_width
 from torchspine.models.detection.transform import DetectionTransform, ResizeMode
 
 __all__ = ["SpineNetRetinaNet"]
@@ -94,10 +94,7 @@ class SpineNetRetinaNet(RetinaNet):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         spec = backbone.spec
-        channels = set(backbone.out_channels.values())
-        if len(channels) != 1:
-            raise ValueError(f"RetinaNet needs equal channels on every level, got {backbone.out_channels}")
-        in_channels = channels.pop()
+        in_channels = pyramid_width(backbone, "RetinaNet")
         if anchor_generator is None:
             anchor_generator = SpineNetAnchorGenerator(spec.min_level, spec.max_level, anchor_size=anchor_size,
                                                        num_scales=num_scales, aspect_ratios=tuple(aspect_ratios))
