@@ -248,10 +248,9 @@ def test_classifier_contract(name: str) -> None:
 
 
 # ------------------------------------------------------------------ the package and the registry
-def test_import_is_lazy_and_timm_sees_the_family_when_imported() -> None:
-    # ``import torchspine`` imports neither torch nor a model family (the CLI starts fast; the
-    # registry loads the families on its first lookup); timm gets the entry points when it is
-    # imported afterwards.
+def test_import_torchspine_is_lazy() -> None:
+    # ``import torchspine`` imports neither torch nor a model family (the CLI starts fast); the
+    # registry loads the families (registry.MODEL_MODULES) on its first lookup.
     import os
     import subprocess
     import sys
@@ -260,18 +259,40 @@ def test_import_is_lazy_and_timm_sees_the_family_when_imported() -> None:
         "import sys, torchspine\n"
         "assert 'torch' not in sys.modules, 'import torchspine imported torch'\n"
         "assert not any(m.startswith('torchspine.models') for m in sys.modules)\n"
-        "assert 'timm' not in sys.modules\n"
-        "import timm\n"
-        "assert 'spinenet49' in timm.list_models('spinenet*')\n"
-        "assert 'torchspine.models.detection.zoo' not in sys.modules  # registering loads no family\n"
+        "assert callable(torchspine.create_model) and 'torch' in sys.modules\n"
+        "assert 'torchspine.models.detection.zoo' not in sys.modules\n"
         "print('ok')\n"
     )
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("TORCHSPINE_NO_TIMM", None)
-    pytest.importorskip("timm")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    from torchspine.models import registry
+
+    assert "retinanet_spinenet49" in list_models() and registry._loaded
+
+
+def test_import_hook_runs_after_the_package_is_imported(tmp_path, monkeypatch) -> None:
+    # The mechanism that registers the timm entry points when timm is imported (timm has no
+    # plugin entry points), on a throw-away package so the test does not depend on import order.
+    import sys
+
+    from torchspine._timm_hook import on_import
+
+    pkg = tmp_path / "hooked_pkg_xyz"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("VALUE = 42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    on_import("hooked_pkg_xyz", lambda: seen.append(sys.modules["hooked_pkg_xyz"].VALUE))
+    on_import("hooked_pkg_xyz", lambda: seen.append("twice"))  # one hook per package name
+    assert seen == []
+    import hooked_pkg_xyz  # noqa: F401
+
+    assert seen == [42]
+    on_import("hooked_pkg_xyz", lambda: seen.append("now"))  # already imported: at once
+    assert seen == [42, "now"]
+    sys.modules.pop("hooked_pkg_xyz", None)
 
 
 def test_find_backbone_in_any_model() -> None:

@@ -1,9 +1,10 @@
 """Register the timm entry points when timm is imported, without importing timm (or torch) here.
 
-timm has no plugin entry points, so a ``sys.meta_path`` finder wraps the loader of the
-top-level ``timm`` package: once timm's own ``__init__`` has run, the torchspine names are
-registered (:func:`torchspine.models.timm_models.timm_register`). If timm is already imported,
-they are registered at once. Nothing happens for programs that never import timm.
+timm has no plugin entry points, so :func:`on_import` puts a one-shot ``sys.meta_path`` finder
+in front of the import of a top-level package: the package's own loader runs, then the
+callback. :func:`install` uses it for ``timm`` with
+:func:`torchspine.models.timm_models.timm_register` (at once if timm is already imported).
+Nothing happens in programs that never import timm.
 """
 
 from __future__ import annotations
@@ -13,24 +14,17 @@ import importlib.machinery
 import logging
 import sys
 from types import ModuleType
+from typing import Callable
 
-__all__ = ["install"]
+__all__ = ["install", "on_import"]
 
 _log = logging.getLogger(__name__)
 
 
-def _register() -> None:
-    try:
-        from torchspine.models.timm_models import timm_register
-
-        timm_register()
-    except Exception as e:  # a broken timm must not break ``import timm`` for the user
-        _log.warning("torchspine: could not register the timm entry points: %s", e)
-
-
 class _Loader(importlib.abc.Loader):
-    def __init__(self, wrapped: importlib.abc.Loader) -> None:
+    def __init__(self, wrapped: importlib.abc.Loader, callback: Callable[[], None]) -> None:
         self.wrapped = wrapped
+        self.callback = callback
 
     def __getattr__(self, name: str):  # get_resource_reader, is_package, ... of the real loader
         return getattr(self.wrapped, name)
@@ -40,12 +34,19 @@ class _Loader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self.wrapped.exec_module(module)
-        _register()
+        try:
+            self.callback()
+        except Exception as e:  # a failing hook must not break the user's import
+            _log.warning("torchspine: hook after importing %s failed: %s", module.__name__, e)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
+    def __init__(self, name: str, callback: Callable[[], None]) -> None:
+        self.name = name
+        self.callback = callback
+
     def find_spec(self, fullname: str, path, target=None):  # type: ignore[no-untyped-def]
-        if fullname != "timm":
+        if fullname != self.name:
             return None
         sys.meta_path.remove(self)  # one shot; the real finders answer below
         for finder in sys.meta_path:
@@ -55,15 +56,28 @@ class _Finder(importlib.abc.MetaPathFinder):
                 break
         else:
             return None
-        if spec.loader is None:
-            return spec
-        spec.loader = _Loader(spec.loader)
+        if spec.loader is not None:
+            spec.loader = _Loader(spec.loader, self.callback)
         return spec
 
 
+def on_import(name: str, callback: Callable[[], None]) -> None:
+    """Call ``callback()`` once the top-level package ``name`` is imported (now if it already is).
+
+    One pending callback per package: later calls for a package not yet imported are ignored.
+    """
+    if name in sys.modules:
+        callback()
+    elif not any(isinstance(f, _Finder) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _Finder(name, callback))
+
+
+def _register_timm() -> None:
+    from torchspine.models.timm_models import timm_register
+
+    timm_register()
+
+
 def install() -> None:
-    """Register now if timm is imported, else when it is (idempotent)."""
-    if "timm" in sys.modules:
-        _register()
-    elif not any(isinstance(f, _Finder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _Finder())
+    """Register the timm entry points now if timm is imported, else when it is (idempotent)."""
+    on_import("timm", _register_timm)
