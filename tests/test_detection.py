@@ -297,6 +297,30 @@ def test_maskrcnn_uses_official_bn_by_default():
     assert (own.backbone.spec.norm.momentum, own.backbone.spec.norm.epsilon) == (0.997, 1e-3)
 
 
+def test_maskrcnn_head_init_follows_official_heads():
+    # tensorflow/tpu models/official/detection/modeling/architecture/heads.py: box and mask head convs,
+    # the deconv and mask_fcn_logits use VarianceScaling(scale=2, mode='fan_out', normal):
+    # std = sqrt(2 / (k * k * out_channels)); fc6 is tf.layers.dense (Glorot uniform, bound
+    # sqrt(6 / (fan_in + fan_out))); RPN convs N(0, 0.01); class / box predictors N(0, 0.01) / N(0, 0.001).
+    torch.manual_seed(0)
+    model = create_model("maskrcnn_spinenet49s", filter_size_scale=0.25, endpoints_num_filters=32, fc_dims=256)
+    roi = model.roi_heads
+
+    def std(t):
+        return t.detach().float().std().item()
+
+    assert std(roi.mask_head.convs[1][0].weight) == pytest.approx(math.sqrt(2 / (9 * 256)), rel=0.03)
+    assert std(roi.box_head.convs[1][0].weight) == pytest.approx(math.sqrt(2 / (9 * 256)), rel=0.03)
+    assert std(roi.mask_head.deconv.weight) == pytest.approx(math.sqrt(2 / (4 * 256)), rel=0.03)
+    assert std(roi.mask_predictor.weight) == pytest.approx(math.sqrt(2 / 91), rel=0.03)
+    bound = math.sqrt(6 / (256 * 49 + 256))
+    fc = roi.box_head.fc.weight
+    assert fc.abs().max().item() <= bound and std(fc) == pytest.approx(bound / math.sqrt(3), rel=0.03)
+    assert std(model.rpn.head.conv.weight) == pytest.approx(0.01, rel=0.03)
+    assert std(roi.box_predictor.cls_score.weight) == pytest.approx(0.01, rel=0.03)
+    assert std(roi.box_predictor.bbox_pred.weight) == pytest.approx(0.001, rel=0.03)
+
+
 def test_parts_are_passed_in_torchvision_style():
     from torchspine.models.detection.heads import RetinaNetHead
 
