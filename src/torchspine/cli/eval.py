@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from torchspine.data.synth import ensure_synth
     from torchspine.engine.evaluate import evaluate_coco, format_table
     from torchspine.engine.trainer import resolve_device
+    from torchspine.models.registry import model_info
     from torchspine.models.saved import load_model, load_weights, read_model_metadata
 
     cfg: dict = {}
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(weights)
         name = saved["model"]
         category_ids = saved["info"].get("category_ids")
-        with_masks = name.startswith("maskrcnn")
+        with_masks = model_info(name).task == "instance_segmentation"
         dataset = CocoDetection(ann, images, with_masks=with_masks, category_ids=category_ids)
     else:
         from torchspine.engine.build import build_model
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         if cfg.get("stochastic_depth_rate") is not None:
             overrides.setdefault("stochastic_depth_rate", cfg["stochastic_depth_rate"])
         image_size = args.image_size or cfg.get("image_size") or 640
-        with_masks = name.startswith("maskrcnn")
+        with_masks = model_info(name).task == "instance_segmentation"
         dataset = CocoDetection(ann, images, with_masks=with_masks)
         category_ids = dataset.category_ids
         model = build_model(name, num_classes=dataset.num_classes, image_size=image_size, overrides=overrides)

@@ -25,7 +25,7 @@ from torchspine.engine.evaluate import to_coco_results
 from torchspine.engine.predict import predict
 from torchspine.models.optimize import prepare_for_inference
 from torchspine.models.saved import load_weights
-from torchspine.models.registry import create_model
+from torchspine.models.registry import create_model, model_info
 from torchspine.utils import atomic_write, atomic_write_text
 
 
@@ -62,14 +62,10 @@ def run(args: argparse.Namespace) -> int:
     kwargs.setdefault("score_thresh", args.score_thresh)  # the model's own post-NMS filter
     if args.image_size is not None:
         kwargs["image_size"] = args.image_size
-    from torchspine.models.registry import is_model, model_info
-
-    if is_model(args.model) and model_info(args.model).task not in ("detector", "instance_segmentation"):
+    if model_info(args.model).task not in ("detector", "instance_segmentation"):
         raise ValueError(f"--model {args.model!r} is a {model_info(args.model).task}, not a detector "
                          "(try retinanet_spinenet49 or maskrcnn_spinenet49)")
     model = create_model(args.model, **kwargs)
-    if not hasattr(model, "transform") or not (hasattr(model, "roi_heads") or hasattr(model, "head")):
-        raise ValueError(f"--model {args.model!r} is not a detector (try retinanet_spinenet49 or maskrcnn_spinenet49)")
     if args.weights:
         load_weights(model, args.weights)
     else:

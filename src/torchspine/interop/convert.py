@@ -55,7 +55,7 @@ from torch import nn
 
 from torchspine.layers.blocks import BottleneckBlock, ResidualBlock
 from torchspine.layers.conv import ConvNormAct
-from torchspine.models.backbone import SpineNet
+from torchspine.models.backbone import SpineNet, named_backbone
 from torchspine.models.registry import create_model, is_model
 from torchspine.specs.spec import CODEBASE_FLAVORS
 
@@ -480,12 +480,11 @@ def _model_overrides(name: str, codebase: str, overrides: dict[str, Any]) -> dic
 
 
 def _backbone_of(model: nn.Module) -> tuple[SpineNet, str]:
-    if isinstance(model, SpineNet):
-        return model, ""
-    for name, mod in model.named_modules():
-        if isinstance(mod, SpineNet):
-            return mod, name + "."
-    raise ValueError(f"model {type(model).__name__} has no SpineNet backbone to convert into")
+    found = named_backbone(model)
+    if found is None:
+        raise ValueError(f"model {type(model).__name__} has no SpineNet backbone to convert into")
+    name, backbone = found
+    return backbone, name + "." if name else ""
 
 
 def convert_checkpoint(

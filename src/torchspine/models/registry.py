@@ -4,17 +4,26 @@ A registered builder is a callable taking keyword overrides and returning an ``n
 Overrides that name spec fields (``filter_size_scale=0.25``, ``activation="swish"``) produce
 a new, validated spec; builders of composite models (detectors, classifiers) also take their
 own keywords (``num_classes`` ...).
+
+The model modules (:data:`MODEL_MODULES`) register their builders when imported, which
+happens on the first lookup (``create_model``, ``list_models``, ``model_info``, ``is_model``),
+not on ``import torchspine``. A family with several presets registers each one with
+:func:`register_variant`.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
+import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from torch import nn
 
-__all__ = ["ModelInfo", "Task", "create_model", "is_model", "list_models", "model_info", "register_model"]
+__all__ = ["MODEL_MODULES", "ModelInfo", "Task", "create_model", "is_model", "list_models", "model_info",
+           "register_model", "register_variant"]
 
 Task = Literal["backbone", "detector", "instance_segmentation", "classifier"]
 
@@ -53,15 +62,54 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
     return wrap(fn) if fn is not None else wrap
 
 
+def register_variant(name: str, build: Callable[..., nn.Module], *args: Any, doc: str, task: Task = "backbone",
+                     family: str = "spinenet", preset: str | None = None, input_size: int | None = None,
+                     published: dict[str, Any] | None = None) -> Callable[..., nn.Module]:
+    """Register ``build(*args, **overrides)`` as the model ``name`` (one preset of a family).
+
+    The registered builder is named ``name``, documented by ``doc`` and shows ``build``'s
+    keywords as its signature (``inspect.signature`` works on it as on a hand-written builder).
+    """
+
+    def builder(**overrides: Any) -> nn.Module:
+        return build(*args, **overrides)
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc
+    builder.__signature__ = inspect.signature(functools.partial(build, *args))  # type: ignore[attr-defined]
+    return register_model(builder, name=name, task=task, family=family, preset=preset, input_size=input_size,
+                          published=published)
+
+
 def model_info(name: str) -> ModelInfo:
     """The registered metadata of ``name`` (ValueError naming close matches when unknown)."""
     _check_known(name)
     return _INFO[name]
 
 
+# Importing each of these registers its builders (done once, on the first registry lookup).
+MODEL_MODULES: tuple[str, ...] = (
+    "torchspine.models.spinenet",  # spinenet49s ... spinenet190, spinenet (any spec)
+    "torchspine.models.mobile",  # spinenet_mobile*
+    "torchspine.models.resnext",  # spinenet49_resnext*
+    "torchspine.models.resnet_fpn",  # resnet50_fpn, resnet101_fpn
+    "torchspine.models.classifier",  # *_cls, spinenet_cls
+    "torchspine.models.detection.zoo",  # retinanet_*, maskrcnn_* (the detector preset table)
+)
+_loaded = False
+
+
 def _ensure_loaded() -> None:
-    # Importing the model modules registers their builders.
-    import torchspine.models  # noqa: F401
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True  # first: the model modules use the registry while they are imported
+    try:
+        for module in MODEL_MODULES:
+            importlib.import_module(module)
+    except BaseException:
+        _loaded = False
+        raise
 
 
 def _check_known(name: str) -> None:
