@@ -1,6 +1,8 @@
 """torchspine: SpineNet (Du et al., CVPR 2020) for PyTorch."""
 
 from torchspine.models import SpineNet, create_model, list_models, register_model
+from torchspine.models.registry import list_weights, model_info
+from torchspine.models.saved import load_model, save_model
 from torchspine.specs import BlockSpec, NormSpec, ScalingSpec, SpineNetSpec, StemSpec, spinenet_spec
 from torchspine.models.timm_models import timm_register
 
@@ -24,7 +26,11 @@ __all__ = [
     "StemSpec",
     "create_model",
     "list_models",
+    "list_weights",
+    "load_model",
+    "model_info",
     "register_model",
+    "save_model",
     "spinenet_spec",
     "timm_register",
 ]

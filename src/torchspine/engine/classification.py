@@ -222,21 +222,17 @@ def _jsonable(cfg: ClassifyConfig) -> dict[str, Any]:
 
 
 def load_classifier(weights: str | os.PathLike, *, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a classifier saved by :func:`train_classifier` from its safetensors file."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """Rebuild a saved classifier (:func:`torchspine.models.saved.load_model`) and its facts:
+    ``model``, ``num_classes``, ``classes`` (label names) and ``image_size``."""
+    from torchspine.models.registry import model_info
+    from torchspine.models.saved import load_model, read_model_metadata
 
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights {str(path)!r} not found")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    for key in ("model", "num_classes"):
-        if key not in meta:
-            raise ValueError(f"weights {str(path)!r}: metadata has no {key!r} (not written by train_classifier)")
-    overrides = json.loads(meta.get("model_overrides", "{}"))
-    model = create_model(meta["model"], num_classes=int(meta["num_classes"]), **overrides)
-    model.load_state_dict(load_file(str(path), device=device))
-    info = {"model": meta["model"], "model_overrides": overrides, "num_classes": int(meta["num_classes"]),
-            "classes": json.loads(meta.get("classes", "[]")), "image_size": int(meta.get("image_size", 224))}
-    return model.to(device).eval(), info
+    meta = read_model_metadata(weights)
+    if model_info(meta["model"]).task != "classifier":
+        raise ValueError(f"weights {str(weights)!r} hold a {model_info(meta['model']).task} ({meta['model']}), "
+                         f"not a classifier")
+    model = load_model(weights, device=device)
+    info = model.torchspine_info
+    return model.eval(), {"model": meta["model"], "model_overrides": meta["overrides"],
+                          "num_classes": info.get("num_classes", getattr(model, "num_classes", None)),
+                          "classes": list(info.get("label_names", [])), "image_size": int(info.get("image_size", 224))}
