@@ -64,7 +64,7 @@ def model_info(name: str) -> ModelInfo:
 
     from torchspine.weights.catalogue import CATALOGUE
 
-    return replace(_INFO[name], weights=tuple(e.tag for e in CATALOGUE.values() if e.model == name))
+    return replace(_INFO[name], weights=tuple(sorted(e.tag for e in CATALOGUE.values() if e.model == name)))
 
 
 def list_weights(model: str | None = None) -> list:
