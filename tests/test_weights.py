@@ -433,6 +433,7 @@ def test_model_garden_mobile_entry_end_to_end(tmp_path: Path, server: _Server, m
 
 
 @pytest.mark.tf
+@pytest.mark.slow
 def test_tpu_checkpoint_through_the_catalogue(tmp_path: Path, server: _Server, monkeypatch) -> None:
     """A TF1 name-based checkpoint (tests/tf_side/build_tpu_style.py: SpineNet-49S with a 2 x 32
     RetinaNet head, 3 classes) packed like the zoo's tarballs, served locally under a catalogue
@@ -459,3 +460,58 @@ def test_tpu_checkpoint_through_the_catalogue(tmp_path: Path, server: _Server, m
     server.close()
     again = torchspine.create_model("retinanet_spinenet49s", weights="tputest")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+# tensorflow/tpu SCALING_MAP (models/official/detection/modeling/architecture/spinenet.py), with the
+# 256 endpoint filters of the released 49S RetinaNet (tensorflow/tpu issue 767), and the RetinaNet
+# heads of the yamls: 4 x 128 (49S), 4 x 256 (49 / 96 / 143), 7 x 512 (190); 91 classes.
+_TPU_SIZES = {
+    "49s": {"scale": 0.65, "alpha": 0.5, "endpoints": 256, "repeats": 1, "head_convs": 4, "head_filters": 128},
+    "49": {"scale": 1.0, "alpha": 0.5, "endpoints": 256, "repeats": 1, "head_convs": 4, "head_filters": 256},
+    "96": {"scale": 1.0, "alpha": 0.5, "endpoints": 256, "repeats": 2, "head_convs": 4, "head_filters": 256},
+    "143": {"scale": 1.0, "alpha": 1.0, "endpoints": 256, "repeats": 3, "head_convs": 4, "head_filters": 256},
+    "190": {"scale": 1.3, "alpha": 1.0, "endpoints": 512, "repeats": 4, "head_convs": 7, "head_filters": 512},
+}
+
+
+def _tpu_entries() -> list[tuple[str, str]]:
+    """(entry name, size) for every tensorflow/tpu entry of a full-size SpineNet (not MBConv)."""
+    out = []
+    for name, e in sorted(CATALOGUE.items()):
+        info = torchspine.model_info(e.model)
+        if e.codebase != "tpu" or info.family != "spinenet":
+            continue
+        out.append((name, info.preset.removeprefix("spinenet")))  # classifiers: preset "spinenet49"
+    return out
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_tpu_entries_match_checkpoint_layouts_at_full_size(tmp_path: Path) -> None:
+    """Every tensorflow/tpu catalogue entry's settings build a model whose tensors match, name for
+    name and shape for shape, the variables TF creates for the tensorflow/tpu graph of that size
+    (tests/tf_side/tpu_catalogue_shapes.py). RetinaNet entries are checked whole (backbone and
+    head); Mask R-CNN and classifier entries on their backbone (the TF graph has no Mask R-CNN or
+    classification heads), through their backbone settings."""
+    jobs = [{"name": s, **_TPU_SIZES[s], "num_classes": 91} for s in _TPU_SIZES]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    _run_tf([str(REPO / "tests" / "tf_side" / "tpu_catalogue_shapes.py"), str(tmp_path / "jobs.json"),
+             str(tmp_path / "shapes.json")])
+    layouts = json.loads((tmp_path / "shapes.json").read_text())
+    from torchspine.interop.convert import convert_checkpoint
+    from torchspine.weights.catalogue import _DETECTOR_ONLY
+
+    zero = np.zeros((), np.float32)
+    checked = []
+    for name, size in _tpu_entries():
+        e = CATALOGUE[name]
+        variables = {k: np.broadcast_to(zero, tuple(v)) for k, v in layouts[size].items()}
+        if e.task in ("detector", "backbone"):
+            model, overrides = e.model, e.overrides
+        else:  # Mask R-CNN / classifier: the backbone part, with the entry's backbone settings
+            model = f"spinenet{size}"
+            overrides = {k: v for k, v in e.overrides.items() if k not in _DETECTOR_ONLY}
+        result = convert_checkpoint(variables, model, codebase="tpu", overrides=overrides)  # raises on any mismatch
+        assert result.overrides["activation"] == e.overrides["activation"]
+        checked.append(name)
+    assert len(checked) == 37  # 11 RetinaNet, 4 Mask R-CNN, 7 classifiers, 15 backbones of the detectors
