@@ -515,3 +515,11 @@ def test_tpu_entries_match_checkpoint_layouts_at_full_size(tmp_path: Path) -> No
         assert result.overrides["activation"] == e.overrides["activation"]
         checked.append(name)
     assert len(checked) == 37  # 11 RetinaNet, 4 Mask R-CNN, 7 classifiers, 15 backbones of the detectors
+
+
+def test_a_folder_named_like_a_tag_is_not_taken_for_the_weights(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "coco").mkdir()  # e.g. the COCO dataset folder
+    monkeypatch.setenv("TORCHSPINE_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="spinenet-49-best.tar.gz"):  # the catalogue entry, not ./coco
+        torchspine.create_model("retinanet_spinenet49", weights="coco")

@@ -55,10 +55,13 @@ def resolve_weights(model: str, weights: str) -> PretrainedWeights:
     return entry
 
 
-def _looks_like_path(weights: str | os.PathLike) -> bool:
-    s = str(weights)
-    return isinstance(weights, os.PathLike) or os.sep in s or s.endswith((".safetensors", ".pt", ".pth")) \
-        or Path(s).exists()
+def _looks_like_path(model: str, weights: str | os.PathLike) -> bool:
+    # Catalogue names win: a folder called "coco" in the working directory is not the weights.
+    if isinstance(weights, os.PathLike):
+        return True
+    if weights in CATALOGUE or f"{model}.{weights}" in CATALOGUE:
+        return False
+    return os.sep in weights or weights.endswith((".safetensors", ".pt", ".pth")) or Path(weights).exists()
 
 
 def load_pretrained(model: str, weights: str | os.PathLike, *, offline: bool | None = None, progress: bool = True,
@@ -75,7 +78,7 @@ def load_pretrained(model: str, weights: str | os.PathLike, *, offline: bool | N
     from torchspine.models.registry import create_model
     from torchspine.models.saved import load_model, load_weights, read_model_metadata
 
-    if _looks_like_path(weights):
+    if _looks_like_path(model, weights):
         path = Path(weights)
         if not path.exists():
             raise FileNotFoundError(f"weights file not found: {path}")
