@@ -523,3 +523,24 @@ def test_a_folder_named_like_a_tag_is_not_taken_for_the_weights(tmp_path: Path, 
     monkeypatch.setenv("TORCHSPINE_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="spinenet-49-best.tar.gz"):  # the catalogue entry, not ./coco
         torchspine.create_model("retinanet_spinenet49", weights="coco")
+
+
+def test_predict_with_catalogue_weights_from_the_cache(tmp_path: Path, cache: Path, monkeypatch, capsys) -> None:
+    """``predict --weights coco`` reads the converted file from the cache, offline, and names the
+    classes from the weights' COCO label map. The cached file is written here with the entry's
+    settings and random values (the real one cannot be downloaded here)."""
+    from PIL import Image
+
+    entry = CATALOGUE["retinanet_spinenet49s.coco"]
+    torch.manual_seed(0)
+    model = torchspine.create_model(entry.model, **entry.overrides)
+    torchspine.save_model(model, hub.model_path(entry),
+                          info={"num_classes": 91, "label_names": ["__background__"] + [f"thing{i}" for i in range(90)],
+                                "weights": entry.name})
+    monkeypatch.setenv("TORCHSPINE_OFFLINE", "1")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    rc = cli_main(["predict", "--model", entry.model, "--weights", "coco", "--image-size", "128",
+                   "--score-thresh", "0.0", "--no-optimize", str(tmp_path / "a.png"), "--out", str(tmp_path / "out")])
+    assert rc == 0, capsys.readouterr().err
+    dets = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert dets and all(1 <= d["category_id"] <= 90 for d in dets)
