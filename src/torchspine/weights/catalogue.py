@@ -29,7 +29,7 @@ against it (see :mod:`torchspine.weights.hub`).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["CATALOGUE", "PretrainedWeights", "coco_label_names", "imagenet_label_names"]
@@ -78,7 +78,6 @@ class PretrainedWeights:
     sha256: str | None = None
     notes: str = ""
     part_of: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def archive(self) -> str:

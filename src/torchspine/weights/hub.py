@@ -325,13 +325,6 @@ def convert_entry(entry: PretrainedWeights, checkpoint: str, out: str | os.PathL
     return save_model(model, out, name=entry.model, overrides=result.overrides, info=info)
 
 
-def clear_partial(entry: PretrainedWeights) -> None:
-    """Remove a partial download of ``entry`` (the next fetch starts over)."""
-    part = archive_path(entry).with_name(entry.archive + ".part")
-    if part.exists():
-        part.unlink()
-
-
 def remove(entry: PretrainedWeights) -> None:
     """Remove ``entry``'s converted file and tarball from the cache."""
     for p in (model_path(entry), archive_path(entry)):
