@@ -24,10 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     get.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-# What the project verified for every entry (docs/model_zoo.md explains how).
-VERIFIED = "shapes+conversion on official-code checkpoints; file not fetched"
-
-
 def _result(published: dict) -> str:
     if "top1" in published:
         return f"top-1 {published['top1']}"
@@ -44,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([e.to_dict() for e in entries], indent=1))
             return 0
-        rows = [("name", "model", "task", "size", "published", "file", "verified")]
+        rows = [("name", "model", "task", "input", "published", "file", "verified")]
         for e in entries:
             size = f"{e.size / 2**20:.0f} MiB" if e.size else "unknown"
-            rows.append((e.name, e.model, e.task, str(e.input_size), _result(e.published), size, VERIFIED))
+            rows.append((e.name, e.model, e.task, str(e.input_size), _result(e.published), size, e.verified))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
