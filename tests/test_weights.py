@@ -544,3 +544,17 @@ def test_predict_with_catalogue_weights_from_the_cache(tmp_path: Path, cache: Pa
     assert rc == 0, capsys.readouterr().err
     dets = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert dets and all(1 <= d["category_id"] <= 90 for d in dets)
+
+
+def test_a_checkpoint_that_does_not_convert_names_the_entry_and_keeps_the_file(server: _Server, cache: Path) -> None:
+    server.files["/w/bad.tar.gz"] = _tarball({"ckpt/model.ckpt-1.index": b"1"})
+    entry = _entry(server.url("/w/bad.tar.gz"))
+
+    def refuse(entry, checkpoint, out):
+        raise ValueError("checkpoint does not match model spinenet49s")
+
+    with pytest.raises(ValueError, match=r"weights spinenet49s.test: .*w-bad.tar.gz \(kept in the cache\) does not "
+                                         r"convert into spinenet49s with the catalogue settings"):
+        hub.fetch(entry, convert=refuse, progress=False)
+    assert (cache / "downloads" / "w-bad.tar.gz").is_file()
+    assert not hub.model_path(entry).exists()

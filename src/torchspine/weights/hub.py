@@ -297,7 +297,11 @@ def fetch(entry: PretrainedWeights, *, offline: bool | None = None, progress: bo
         extract_tar(archive, tmp)
         prefix = find_checkpoint(tmp)
         log.info("converting %s (%s) for %s", entry.archive, Path(prefix).name, entry.model)
-        (convert or convert_entry)(entry, prefix, out)
+        try:
+            (convert or convert_entry)(entry, prefix, out)
+        except ValueError as e:
+            raise ValueError(f"weights {entry.name}: {archive} (kept in the cache) does not convert into "
+                             f"{entry.model} with the catalogue settings {entry.overrides}: {e}") from e
     return out
 
 
