@@ -558,3 +558,14 @@ def test_a_checkpoint_that_does_not_convert_names_the_entry_and_keeps_the_file(s
         hub.fetch(entry, convert=refuse, progress=False)
     assert (cache / "downloads" / "w-bad.tar.gz").is_file()
     assert not hub.model_path(entry).exists()
+
+
+def test_cli_weights_get_uses_the_cache(cache: Path, monkeypatch, capsys) -> None:
+    entry = CATALOGUE["spinenet49s.coco"]
+    torchspine.save_model(torchspine.create_model(entry.model, **entry.overrides, filter_size_scale=0.25),
+                          hub.model_path(entry), overrides={**entry.overrides, "filter_size_scale": 0.25})
+    assert cli_main(["weights", "get", "spinenet49s.coco", "--offline"]) == 0
+    out = capsys.readouterr().out
+    assert str(hub.model_path(entry)) in out and "weights='coco'" in out
+    assert cli_main(["weights", "get", "spinenet49s.cocoo"]) == 2
+    assert "did you mean ['spinenet49s.coco'" in capsys.readouterr().err
