@@ -24,7 +24,6 @@ from torchspine.data.images import find_images, read_image
 from torchspine.engine.evaluate import to_coco_results
 from torchspine.engine.predict import predict
 from torchspine.models.optimize import prepare_for_inference
-from torchspine.models.saved import load_weights
 from torchspine.models.registry import create_model, model_info
 from torchspine.utils import atomic_write, atomic_write_text
 
@@ -33,10 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     p.add_argument("--model", default="retinanet_spinenet49", help="registered detector name (default: %(default)s)")
     p.add_argument("--weights", default=None,
-                   help="safetensors file or training checkpoint (torch.load weights_only); "
+                   help="catalogue weights (coco, or a name from `torchspine weights list`; downloaded once), a "
+                        "saved model, or a safetensors file / training checkpoint (torch.load weights_only); "
                         "without it the model is randomly initialised (a warning is printed)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--num-classes", type=int, default=91, help="classes of the weights (default: %(default)s, COCO)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes of the weights (default: the saved model's, else 91 for COCO)")
     p.add_argument("--image-size", type=image_size, default=None, help="target long side (default: the model's)")
     p.add_argument("--score-thresh", type=float, default=0.3,
                    help="draw and write detections with at least this score (default: %(default)s)")
@@ -58,24 +59,26 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     kwargs = parse_set(args.overrides)
-    kwargs["num_classes"] = args.num_classes
+    if args.num_classes is not None or not args.weights:
+        kwargs["num_classes"] = args.num_classes or 91
     kwargs.setdefault("score_thresh", args.score_thresh)  # the model's own post-NMS filter
     if args.image_size is not None:
         kwargs["image_size"] = args.image_size
     if model_info(args.model).task not in ("detector", "instance_segmentation"):
         raise ValueError(f"--model {args.model!r} is a {model_info(args.model).task}, not a detector "
                          "(try retinanet_spinenet49 or maskrcnn_spinenet49)")
-    model = create_model(args.model, **kwargs)
     if args.weights:
-        load_weights(model, args.weights)
+        model = create_model(args.model, weights=args.weights, **kwargs)
     else:
+        model = create_model(args.model, **kwargs)
         print("torchspine predict: warning: no --weights given, using random initialisation", file=sys.stderr)
     model.eval()
+    info = getattr(model, "torchspine_info", {})
     # A saved model (models/saved.py) carries the file's category ids of its labels 1..K.
-    category_ids = (getattr(model, "torchspine_info", None) or {}).get("category_ids")
+    category_ids = info.get("category_ids")
     if not args.no_optimize:
         model = prepare_for_inference(model)
-    names = class_names_for(args.num_classes)
+    names = info.get("label_names") or class_names_for(getattr(model, "num_classes", kwargs.get("num_classes", 91)))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -22,8 +22,8 @@ from typing import Any, Callable, Literal
 
 from torch import nn
 
-__all__ = ["MODEL_MODULES", "ModelInfo", "Task", "create_model", "is_model", "list_models", "model_info",
-           "register_model", "register_variant"]
+__all__ = ["MODEL_MODULES", "ModelInfo", "Task", "create_model", "is_model", "list_models", "list_weights",
+           "model_info", "register_model", "register_variant"]
 
 Task = Literal["backbone", "detector", "instance_segmentation", "classifier"]
 
@@ -31,8 +31,10 @@ Task = Literal["backbone", "detector", "instance_segmentation", "classifier"]
 @dataclass(frozen=True)
 class ModelInfo:
     """What a registered model is, without building it (timm's pretrained_cfg, torchvision's
-    ``Weights.meta``): its task, family and preset, the input size its recipe trains at, and the
-    published figures it reproduces (``{"params": ..., "macs": ..., "AP": ...}``)."""
+    ``Weights.meta``): its task, family and preset, the input size its recipe trains at, the
+    published figures it reproduces (``{"params": ..., "macs": ..., "AP": ...}``) and the tags of
+    the pretrained weights that exist for it (``("coco", "coco_relu")``: ``create_model(name,
+    weights=tag)``; the entries are in :mod:`torchspine.weights`)."""
 
     name: str
     task: Task
@@ -40,6 +42,7 @@ class ModelInfo:
     preset: str | None = None
     input_size: int | None = None
     published: dict[str, Any] = field(default_factory=dict)
+    weights: tuple[str, ...] = ()
 
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -84,7 +87,19 @@ def register_variant(name: str, build: Callable[..., nn.Module], *args: Any, doc
 def model_info(name: str) -> ModelInfo:
     """The registered metadata of ``name`` (ValueError naming close matches when unknown)."""
     _check_known(name)
-    return _INFO[name]
+    from dataclasses import replace
+
+    from torchspine.weights.catalogue import CATALOGUE
+
+    return replace(_INFO[name], weights=tuple(sorted(e.tag for e in CATALOGUE.values() if e.model == name)))
+
+
+def list_weights(model: str | None = None) -> list:
+    """The official pretrained weights (catalogue entries), all or those of ``model``; each has
+    ``name``, ``tag``, ``url``, settings and ``published`` figures (see :mod:`torchspine.weights`)."""
+    from torchspine.weights import list_weights as _list
+
+    return _list(model)
 
 
 # Importing each of these registers its builders (done once, on the first registry lookup).
@@ -133,9 +148,21 @@ def is_model(name: str) -> bool:
     return name in _MODELS
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build a registered model; ``overrides`` go to its builder (spec fields or model options)."""
+def create_model(name: str, weights: str | None = None, **overrides: Any) -> nn.Module:
+    """Build a registered model; ``overrides`` go to its builder (spec fields or model options).
+
+    ``weights``: a pretrained tag of the model (``"coco"``, ``"imagenet"``; see
+    ``model_info(name).weights``), a catalogue name (``"retinanet_spinenet49.coco"``), or the
+    path of a saved model or state dict. Catalogue weights are downloaded and converted on first
+    use (needs internet) and read from the cache afterwards; the model comes back in eval mode
+    with the settings the weights were trained with (``overrides`` may only change settings that
+    leave the tensors' shapes alone, e.g. ``score_thresh``).
+    """
     _check_known(name)
+    if weights is not None:
+        from torchspine.weights import load_pretrained
+
+        return load_pretrained(name, weights, **overrides)
     model = _MODELS[name](**overrides)
     # Recorded so that save_model / load_model can rebuild exactly this model.
     model.torchspine_config = {"model": name, "overrides": dict(overrides)}

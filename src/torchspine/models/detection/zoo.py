@@ -34,12 +34,13 @@ from torchspine.models.backbone import SpineNet
 from torchspine.models.detection.maskrcnn import SpineNetMaskRCNN
 from torchspine.models.detection.retinanet import SpineNetRetinaNet
 from torchspine.models.registry import Task, create_model, register_model, register_variant
-from torchspine.specs.spec import SpineNetSpec
+from torchspine.specs.spec import CODEBASE_FLAVORS, SpineNetSpec
 
 __all__ = ["DETECTOR_PRESETS", "DetectorPreset", "build_detector", "detector_settings"]
 
-# Official Mask R-CNN backbone BatchNorm (spinenet*_mrcnn.yaml batch_norm_activation).
-MASKRCNN_NORM = {"momentum": 0.99, "epsilon": 1e-3}
+# Official Mask R-CNN backbone BatchNorm (spinenet*_mrcnn.yaml batch_norm_activation): 0.99 / 1e-3,
+# the same values as the Model Garden row of the codebase table.
+MASKRCNN_NORM = {k: CODEBASE_FLAVORS["mg"][k] for k in ("momentum", "epsilon")}
 
 
 @dataclass(frozen=True)
