@@ -166,6 +166,7 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     if steps_per_epoch < 1:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set ({len(train_ds)} images)")
     total_steps, decay_steps = schedule_steps(cfg, steps_per_epoch)
+    end_step = total_steps if cfg.stop_at_step is None else min(cfg.stop_at_step, total_steps)
 
     # --------------------------------------------------------------- model
     if model is None:
@@ -248,7 +249,7 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     train_start, images_seen = time.perf_counter(), 0
     interval_loss, interval_n = 0.0, 0
     try:
-        while step < total_steps:
+        while step < end_step:
             epoch, epoch_step = divmod(step, steps_per_epoch)
             train_ds.set_epoch(epoch)
             local = [b[info.rank * local_batch:(info.rank + 1) * local_batch]
@@ -285,7 +286,7 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
                 ips = cfg.batch_size / max(dt, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}", refresh=False)
-                if step % cfg.log_interval == 0 or step == total_steps:
+                if step % cfg.log_interval == 0 or step == end_step:
                     rec = {"step": step, "loss": interval_loss / interval_n, "lr": lr, "img_per_s": ips}
                     history.append(rec)
                     if info.is_main and not cfg.progress:
@@ -297,15 +298,15 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
                         writer.add_scalar("train/img_per_s", ips, step)
                 if on_step is not None:
                     on_step(step, {"loss": step_loss, "lr": lr})
-                if cfg.eval_interval and step % cfg.eval_interval == 0 and step < total_steps:
+                if cfg.eval_interval and step % cfg.eval_interval == 0 and step < end_step:
                     ddp_model.eval()
                     r = run_eval(step)
                     ddp_model.train()
                     if r is not None:
                         bar.write(f"step {step}: AP {r['AP']:.3f} AP50 {r['AP50']:.3f}")
-                if cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0 and step < total_steps:
+                if cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0 and step < end_step:
                     checkpoint(step)
-                if step >= total_steps:
+                if step >= end_step:
                     break
     finally:
         bar.close()
