@@ -85,6 +85,8 @@ class Objective:
         max_macs, max_params, max_latency_ms: hard limits; an architecture over any is rejected.
         image_size: input size for ``macs`` and ``latency_ms``.
         latency_repeats: timed forward passes (their median is the latency).
+        record_costs: measure and journal the costs even when neither the reward nor a limit
+            needs them (for the Pareto front of a search without a budget).
     """
 
     cost: str | None = None
@@ -95,6 +97,7 @@ class Objective:
     max_latency_ms: float | None = None
     image_size: int = 640
     latency_repeats: int = 5
+    record_costs: bool = False
 
     def validate(self) -> Objective:
         if self.cost is not None and self.cost not in COST_METRICS:
@@ -117,7 +120,8 @@ class Objective:
 
     @property
     def active(self) -> bool:
-        return self.cost is not None or self.needs_limits
+        """Whether trials measure costs at all."""
+        return self.cost is not None or self.needs_limits or self.record_costs
 
     @property
     def needs_limits(self) -> bool:
