@@ -36,11 +36,16 @@ class FidelitySchedule:
         min_steps: the grace period: training steps before the first stop decision.
         max_steps: the steps of a full trial.
         reduction_factor: ``eta``; about ``1/eta`` of the trials pass each rung.
+        window: compare with the last ``window`` rewards recorded at a rung instead of all of
+            them (``None``, ASHA's rule). A strategy that improves (evolution, the controller)
+            proposes better trials than the early ones a rung remembers, so with all of them
+            nearly every later trial passes; a window keeps the cut at ``1/eta`` of recent trials.
     """
 
     min_steps: int
     max_steps: int
     reduction_factor: float = 3.0
+    window: int | None = None
 
     def validate(self) -> FidelitySchedule:
         for name in ("min_steps", "max_steps"):
@@ -52,6 +57,8 @@ class FidelitySchedule:
                              f"max_steps={self.max_steps} (otherwise no trial can stop early)")
         if not (math.isfinite(self.reduction_factor) and self.reduction_factor > 1):
             raise ValueError(f"fidelity schedule: reduction_factor must be > 1, got {self.reduction_factor!r}")
+        if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
+            raise ValueError(f"fidelity schedule: window must be a positive integer or None, got {self.window!r}")
         return self
 
     @property
@@ -85,7 +92,9 @@ class AshaStopper:
 
     def cutoff(self, rung: int) -> float | None:
         """The ``1 - 1/eta`` quantile (linear interpolation) of the rewards recorded at ``rung``."""
-        values = list(self.recorded[rung].values())
+        values = list(self.recorded[rung].values())  # in decision order (dicts keep insertion order)
+        if self.schedule.window is not None:
+            values = values[-self.schedule.window:]
         if not values:
             return None
         return float(np.percentile(values, (1.0 - 1.0 / self.schedule.reduction_factor) * 100.0))

@@ -269,6 +269,7 @@ class _Driver:
         self.queue: list[_Job] = []
         self.active: set[int] = set()
         self.rejections_in_a_row = 0
+        self.stop_requested = False
 
     # ------------------------------------------------------------ resume
     def restore(self) -> None:
@@ -312,6 +313,8 @@ class _Driver:
         return sum(r.status != "rejected" for r in self.records.values())
 
     def next_job(self) -> _Job | None:
+        if self.stop_requested:
+            return None
         if self.queue:
             return self.queue.pop(0)
         if self.counted() + len(self.active) >= self.config.trials:
@@ -381,8 +384,8 @@ class _Driver:
             logger.warning("trial %d failed: %s", p.trial_id, (error or "").splitlines()[0] if error else "")
         if status == "ok":
             _write_best(self.out, self.records, self.strategy, self.config.top_k)
-        if self.callback is not None:
-            self.callback(rec)
+        if self.callback is not None and self.callback(rec) is True:
+            self.stop_requested = True
         if status == "rejected":
             self.rejections_in_a_row += 1
             if self.rejections_in_a_row >= self.config.max_rejections:
@@ -405,7 +408,9 @@ def run_search(strategy: Strategy, reward_fn: RewardFn, config: RunnerConfig, *,
         search_config: settings written to the journal's first line; a resume with a different
             strategy, space (any setting of it), seed, reward, proxy task, objective or
             fidelity schedule raises ``ValueError`` naming the setting.
-        callback: called with each finished trial (the command's progress display).
+        callback: called with each finished trial (the command's progress display); when it
+            returns True no new trial or rung is started and the search returns (trials still
+            running on Ray are left to finish and are re-run on a resume, like after a kill).
     """
     config.validate()
     out = Path(config.out_dir)
@@ -458,7 +463,7 @@ def _run_on_ray(config: RunnerConfig, reward_fn: RewardFn, driver: _Driver) -> N
     while True:
         while len(running) < config.parallel and (job := driver.next_job()) is not None:
             running[task.remote(fn_ref, job.proposal.spec.to_dict(), **driver.kwargs(job))] = (job, time.time())
-        if not running:
+        if not running or driver.stop_requested:
             break
         done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
         for ref in done:
@@ -519,15 +524,20 @@ def _result(out: Path, records: dict[int, TrialRecord], strategy: Strategy, top_
 
 
 def plot_rewards(records: list[TrialRecord], path: str | os.PathLike, *, title: str = "") -> None:
-    """Reward against trial number (failed trials as red crosses) with the running best."""
+    """Reward against trial number: full-budget trials, early-stopped ones (their last rung's
+    reward, grey), failed ones (red crosses), and the running best of the full-budget trials."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     ok = [r for r in records if r.ok]
-    failed = [r for r in records if not r.ok]
+    stopped = [r for r in records if r.status == "stopped" and r.reward is not None]
+    failed = [r for r in records if r.status == "failed"]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if stopped:
+        ax.scatter([r.trial_id for r in stopped], [r.reward for r in stopped], s=6, color="0.6",
+                   label="stopped early (rung reward)")
     if ok:
         ax.scatter([r.trial_id for r in ok], [r.reward for r in ok], s=12, label="reward")
         best, xs, ys = -math.inf, [], []
@@ -537,7 +547,7 @@ def plot_rewards(records: list[TrialRecord], path: str | os.PathLike, *, title: 
             ys.append(best)
         ax.step(xs, ys, where="post", color="C1", label="best so far")
     if failed:
-        y0 = min((r.reward for r in ok), default=0.0)
+        y0 = min((r.reward for r in ok + stopped), default=0.0)
         ax.scatter([r.trial_id for r in failed], [y0] * len(failed), marker="x", color="red", label="failed")
     ax.set_xlabel("trial")
     ax.set_ylabel("reward")
