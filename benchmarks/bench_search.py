@@ -131,7 +131,10 @@ def _fte(records, max_steps: int) -> list[float]:
 
 
 def _spread(xs: list[float]) -> str:
-    return f"{statistics.median(xs):.3g} [{min(xs):.3g}, {max(xs):.3g}]"
+    def f(x: float) -> str:
+        return ">1" if x == float("inf") else f"{x:.3g}"
+
+    return f"{f(statistics.median(xs))} [{f(min(xs))}, {f(max(xs))}]"
 
 
 def asha_table(strategies: list[str], *, seeds: int, budget: int, tells: tuple[bool, ...],
@@ -174,13 +177,13 @@ def asha_table(strategies: list[str], *, seeds: int, budget: int, tells: tuple[b
                       + (f"{f:17.1f}  {r['trials']:11d}  {f / budget:10.3f}  {f / r['n_best']:21.3f}" if f is not None
                          else f"{'>' + str(budget):>17s}  {r['trials']:11d}  {'>1':>10s}  {'-':>21s}")
                       + f"  {r['true_plain']:.3f} / {r['true_asha']:.3f}")
-            reached_rows = [r for r in rows if r["fte"] is not None]
-            if reached_rows:
-                print(f"  reached in {len(reached_rows)}/{seeds} seeds; FTE/budget median [range] "
-                      f"{_spread([r['fte'] / budget for r in reached_rows])}; FTE/plain-FTE-to-best "
-                      f"{_spread([r['fte'] / r['n_best'] for r in reached_rows])}")
-            else:
-                print(f"  not reached in any seed within {budget} FTE")
+            # A seed that did not reach the plain best within the budget counts as infinite (so a
+            # median shown as ">1" means at least half the seeds did not reach it).
+            ratio_b = [r["fte"] / budget if r["fte"] is not None else float("inf") for r in rows]
+            ratio_n = [r["fte"] / r["n_best"] if r["fte"] is not None else float("inf") for r in rows]
+            n_reached = sum(r["fte"] is not None for r in rows)
+            print(f"  reached in {n_reached}/{seeds} seeds; FTE/budget median [range] {_spread(ratio_b)}; "
+                  f"FTE/plain-FTE-to-best {_spread(ratio_n)}")
 
 
 def front_table(*, seed: int, budget: int) -> None:
