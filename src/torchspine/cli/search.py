@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--grace-steps", type=int, default=None,
                    help="steps before the first stop decision (default: the full steps / factor^3)")
     a.add_argument("--reduction-factor", type=float, default=3.0, help="about 1/factor of the trials pass each rung")
+    a.add_argument("--rung-window", type=int, default=None,
+                   help="compare a trial with the last N rewards of its rung only (default: all, ASHA's rule)")
     a.add_argument("--tell", choices=("rung", "full"), default="rung",
                    help="strategies hear an early-stopped trial's last rung reward (rung, default) or only "
                         "full-budget rewards (full)")
@@ -125,7 +127,8 @@ def _fidelity(args: argparse.Namespace, reward_fn):
     if full is None:
         raise ValueError("--asha needs the trial length in steps: give --steps (or --quick)")
     grace = args.grace_steps if args.grace_steps is not None else max(1, round(full / args.reduction_factor ** 3))
-    return FidelitySchedule(min_steps=grace, max_steps=int(full), reduction_factor=args.reduction_factor).validate()
+    return FidelitySchedule(min_steps=grace, max_steps=int(full), reduction_factor=args.reduction_factor,
+                            window=args.rung_window).validate()
 
 
 def _objective(args: argparse.Namespace):
