@@ -290,6 +290,8 @@ class _Driver:
         starts = {int(e["trial_id"]): float(e["time"]) for e in events if e["event"] == "start"}
         for tid in sorted(self.strategy.pending):
             p = self.strategy.proposal(tid)
+            if tid not in starts:  # killed between the ask and its start line
+                self.journal.start(tid, genome=p.spec.to_genome(), decisions=p.decisions)
             mine = sorted((e for e in rung_events if int(e["trial_id"]) == tid), key=lambda e: int(e["rung"]))
             rung, costs = 0, None
             if mine:
