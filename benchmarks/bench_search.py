@@ -19,7 +19,8 @@ a proposed spec to a target spec, so the best architecture is known (reward 1.0)
   range over the seeds: the FTE ASHA needed, against the plain search's whole budget and against
   the FTE the plain search needed to first reach its best.
 * setting D (``--only D``): the MnasNet reward ``q * (MACs / 25e9) ** -0.07`` with evolution
-  and ASHA, the Pareto front (surrogate quality against backbone multiply-adds at 640 px).
+  and ASHA, and with plain random search; the Pareto fronts (noise-free surrogate quality
+  against backbone multiply-adds at 640 px).
 
 Every strategy runs with several seeds through the same ask/tell interface; the tables of A
 and B give the median samples needed (``>B`` when not reached within the budget B) and the
@@ -192,20 +193,23 @@ def front_table(*, seed: int, budget: int) -> None:
     reward = FidelitySurrogate()
     objective = Objective(cost="macs", target=25e9, w=-0.07)
     schedule = FidelitySchedule(min_steps=100, max_steps=reward.max_steps, reduction_factor=3.0)
-    t0 = time.perf_counter()
-    order = _search("evolution", seed, reward, trials=budget, fidelity=schedule, objective=objective)
-    ok = [r for r in order if r.ok]
-    # q is a sum of fifteenths: round off float noise so equal values compare equal.
-    front = pareto_front([(r.metrics["macs"], round(r.metrics["true_reward"], 9), r) for r in ok])
-    print(f"\n## D: evolution + ASHA, reward q * (MACs / 25e9) ** -0.07, seed {seed}, {budget} trials "
-          f"({len(ok)} full budget)  [{time.perf_counter() - t0:.0f} s]")
-    print("  Pareto front of the full-budget trials (noise-free q against backbone MACs at 640 px):")
-    print(f"  {'MACs':>8s} {'q':>7s} {'reward':>7s} {'trial':>5s}")
-    for macs, q, r in front:
-        print(f"  {macs / 1e9:7.2f}B {q:7.4f} {r.reward:7.4f} {r.trial_id:5d}")
-    best = max(ok, key=lambda r: r.reward)
-    print(f"  highest reward: trial {best.trial_id}, {best.metrics['macs'] / 1e9:.2f}B MACs, q {best.metrics['true_reward']:.4f}"
-          f"; SpineNet-49 (q = 1.0) has 28.26B")
+    for name, fidelity in (("evolution", schedule), ("random", None)):
+        t0 = time.perf_counter()
+        order = _search(name, seed, reward, trials=budget, fidelity=fidelity, objective=objective)
+        ok = [r for r in order if r.ok]
+        # q is a sum of fifteenths: round off float noise so equal values compare equal.
+        front = pareto_front([(r.metrics["macs"], round(r.metrics["true_reward"], 9), r) for r in ok])
+        macs = sorted(r.metrics["macs"] for r in ok)
+        print(f"\n## D: {name}{' + ASHA' if fidelity else ''}, reward q * (MACs / 25e9) ** -0.07, seed {seed}, "
+              f"{budget} trials ({len(ok)} full budget, MACs {macs[0] / 1e9:.2f}B-{macs[-1] / 1e9:.2f}B)  "
+              f"[{time.perf_counter() - t0:.0f} s]")
+        print("  Pareto front of the full-budget trials (noise-free q against backbone MACs at 640 px):")
+        print(f"  {'MACs':>8s} {'q':>7s} {'reward':>7s} {'trial':>5s}")
+        for m, q, r in front:
+            print(f"  {m / 1e9:7.2f}B {q:7.4f} {r.reward:7.4f} {r.trial_id:5d}")
+        best = max(ok, key=lambda r: r.reward)
+        print(f"  highest reward: trial {best.trial_id}, {best.metrics['macs'] / 1e9:.2f}B MACs, "
+              f"q {best.metrics['true_reward']:.4f}; SpineNet-49 (q = 1.0) has 28.26B")
 
 
 def main() -> None:
