@@ -94,7 +94,7 @@ def test_hard_limits_reject_before_training_and_do_not_count(tmp_path):
 def _asha_search(out, **kw):
     st = create_strategy("evolution", search_space("spinenet49"), seed=1)
     return run_search(st, FidelitySurrogate(max_steps=270), RunnerConfig(
-        out_dir=str(out), trials=kw.pop("trials", 24), executor="local", top_k=3,
+        out_dir=str(out), trials=kw.pop("trials", 15), executor="local", top_k=3,
         fidelity=kw.pop("fidelity", FidelitySchedule(10, 270, 3)),
         objective=kw.pop("objective", Objective(cost="macs", target=2.5e10, image_size=640))),
         search_config={"reward": "surrogate-noisy"})
@@ -122,7 +122,7 @@ def test_report_leaderboard_front_curve_rungs(tmp_path):
     for row in s.rungs[:-1]:
         at = [e for e in ev if e["event"] == "rung" and e["rung"] == row["rung"]]
         assert row["reached"] == len(at) and row["stopped"] == sum(e["decision"] == "stop" for e in at)
-    assert s.rungs[0]["reached"] == 24 and s.rungs[-1]["reached"] == len(ok)
+    assert s.rungs[0]["reached"] == 15 and s.rungs[-1]["reached"] == len(ok)
     assert s.curve[-1] == (pytest.approx(s.fte), max(r.reward for r in ok))
     text = format_report(s)
     for part in ("Leaderboard", "Pareto front (quality against macs", "Reward curve", "Rungs (ASHA)",
