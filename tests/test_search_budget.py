@@ -144,7 +144,8 @@ def test_resume_refuses_changed_settings_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"space_description setting intermediate_window \(5 there, 3 now\)"):
         run_search(st, FidelitySurrogate(max_steps=270), RunnerConfig(
             out_dir=str(tmp_path), trials=5, executor="local", fidelity=FidelitySchedule(10, 270, 3),
-            objective=Objective(cost="macs", target=2.5e10, image_size=640)), search_config={"reward": "surrogate-noisy"})
+            objective=Objective(cost="macs", target=2.5e10, image_size=640)),
+            search_config={"reward": "surrogate-noisy"})
     assert len(Journal(tmp_path / "journal.jsonl").finished()) == 4
     _asha_search(tmp_path, trials=6)  # the same settings resume
     assert len(Journal(tmp_path / "journal.jsonl").finished()) == 6

@@ -101,7 +101,8 @@ def test_crashed_trials_are_retried_then_failed(tmp_path):
     # With max_retries=1 the second crash is final.
     (tmp_path / "0.count").unlink()
     (tmp_path / "2.count").unlink()
-    res1 = run_search(create_strategy("random", search_space("spinenet49"), seed=0), _CrashFirstAttempts(str(tmp_path), 2),
+    res1 = run_search(create_strategy("random", search_space("spinenet49"), seed=0),
+                      _CrashFirstAttempts(str(tmp_path), 2),
                       RunnerConfig(out_dir=str(tmp_path / "run1"), trials=3, executor="local", max_retries=1))
     assert [r.status for r in res1.records] == ["failed", "ok", "failed"]
     assert "simulated crash 2" in res1.records[0].error

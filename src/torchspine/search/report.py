@@ -129,7 +129,8 @@ def format_report(s: SearchSummary, *, curve_points: int = 10) -> str:
              f"seed {cfg.get('seed')}"]
     fid, obj = cfg.get("fidelity"), cfg.get("objective")
     if fid:
-        lines.append(f"early stopping (ASHA): rungs {fid['rungs']} steps, reduction factor {fid['reduction_factor']:g}, "
+        lines.append(f"early stopping (ASHA): rungs {fid['rungs']} steps, reduction factor "
+                     f"{fid['reduction_factor']:g}, "
                      f"strategy told {'rung rewards' if cfg.get('tell_stopped', True) else 'full-budget rewards only'}")
     if obj and obj.get("cost"):
         lines.append(f"reward = quality * ({obj['cost']} / {obj['target']:g}) ** {obj['w']:g}")
@@ -162,7 +163,8 @@ def format_report(s: SearchSummary, *, curve_points: int = 10) -> str:
     for cost, q, r in s.front:
         lines.append(f"  {_fmt_cost(s.cost_key, cost):>10s} {q:8.4f} {r.trial_id:5d}")
 
-    lines += ["", "Reward curve (best full-budget reward against compute)", f"  {'trials':>6s} {'FTE':>8s} {'best':>8s}"]
+    lines += ["", "Reward curve (best full-budget reward against compute)",
+              f"  {'trials':>6s} {'FTE':>8s} {'best':>8s}"]
     n = len(s.curve)
     marks = sorted({max(1, round(n * (i + 1) / curve_points)) for i in range(curve_points)}) if n else []
     for m in marks:
