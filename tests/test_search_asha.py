@@ -146,6 +146,15 @@ def test_strategies_are_told_rung_rewards_or_only_full_ones(tmp_path):
     assert [r for _, r in st2.population] == [r.reward for r in res2.records if r.ok][-20:]
 
 
+@pytest.mark.parametrize("name", ["random", "evolution", "rl"])
+def test_asha_works_with_every_strategy(tmp_path, name):
+    st, res = _run(tmp_path, name=name, trials=12)
+    assert len(res.records) == 12 and not st.pending and st.num_told == 12
+    assert res.count("ok") >= 1 and res.count("ok") + res.count("stopped") == 12
+    if name == "rl":  # the controller learned from every told reward (stopped ones included)
+        assert st.baseline is not None and st.last_stats
+
+
 _KILL_SCRIPT = r"""
 import sys, time
 import torch
