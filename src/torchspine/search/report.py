@@ -164,12 +164,12 @@ def format_report(s: SearchSummary, *, curve_points: int = 10) -> str:
         lines.append(f"  {_fmt_cost(s.cost_key, cost):>10s} {q:8.4f} {r.trial_id:5d}")
 
     lines += ["", "Reward curve (best full-budget reward against compute)",
-              f"  {'trials':>6s} {'FTE':>8s} {'best':>8s}"]
+              f"  {'finished':>8s} {'FTE':>8s} {'best':>8s}"]
     n = len(s.curve)
     marks = sorted({max(1, round(n * (i + 1) / curve_points)) for i in range(curve_points)}) if n else []
     for m in marks:
         fte, best = s.curve[m - 1]
-        lines.append(f"  {m:6d} {fte:8.2f} " + (f"{best:8.4f}" if math.isfinite(best) else f"{'-':>8s}"))
+        lines.append(f"  {m:8d} {fte:8.2f} " + (f"{best:8.4f}" if math.isfinite(best) else f"{'-':>8s}"))
 
     if s.rungs:
         lines += ["", "Rungs (ASHA)", f"  {'rung':>4s} {'steps':>7s} {'reached':>7s} {'stopped':>7s} {'went on':>7s}"]
