@@ -55,6 +55,9 @@ class TrainConfig:
     batch_size: int = 8  # global batch (all processes together)
     epochs: float = 40.0
     max_steps: int | None = None  # overrides epochs when set
+    # Stop (checkpoint + final evaluation) at this step while the schedule still spans the whole run,
+    # so a later run with resume=True continues it (the search's successive-halving rungs).
+    stop_at_step: int | None = None
     lr: float = 0.28  # learning rate at lr_reference_batch
     lr_reference_batch: int = 256  # lr scales linearly: lr * batch_size / lr_reference_batch
     schedule: Schedule = "step"
@@ -105,7 +108,7 @@ class TrainConfig:
         for name in ("num_workers", "warmup_steps", "checkpoint_interval", "eval_interval", "seed"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 fail(name, "must be a non-negative integer")
-        for name in ("max_steps", "eval_max_images", "num_threads"):
+        for name in ("max_steps", "stop_at_step", "eval_max_images", "num_threads"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 fail(name, "must be a positive integer or null")

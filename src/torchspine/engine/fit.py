@@ -56,6 +56,9 @@ class FitOptions:
     tensorboard: bool = False
     progress: bool = True
     shuffle: bool = True
+    # Stop (checkpoint + final evaluation) at this step while the schedule still spans total_steps,
+    # so that a later run with resume=True continues the same run (the search's ASHA rungs).
+    stop_at_step: int | None = None
 
 
 @dataclass
@@ -124,8 +127,9 @@ def fit(*, model: nn.Module, train_model: nn.Module, loss_fn: Callable[[nn.Modul
     # Built after the resume, from its own generator: creating it draws from no global RNG.
     trainer.data = make_loader(dataset, sampler, collate=collate, seed=opts.seed, num_workers=opts.num_workers,
                                pin_memory=opts.device.type == "cuda")
-    trainer.train(start, opts.total_steps)
-    done = opts.total_steps - start
+    end = opts.total_steps if opts.stop_at_step is None else min(opts.stop_at_step, opts.total_steps)
+    trainer.train(start, end)
+    done = end - start
     return FitResult(trainer=trainer, steps=trainer.iter, final_eval=ev.final, evals=ev.evals, history=log.history,
                      train_seconds=log.train_seconds,
                      images_per_second=done * opts.batch_size / max(log.train_seconds, 1e-9),

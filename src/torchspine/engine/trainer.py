@@ -212,7 +212,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, out: Path, mo
         decay_factor=cfg.decay_factor, min_lr_ratio=cfg.min_lr_ratio, grad_clip_norm=cfg.grad_clip_norm,
         ema_decay=cfg.ema_decay, amp=cfg.amp, amp_dtype=cfg.amp_dtype, resume=cfg.resume,
         checkpoint_interval=cfg.checkpoint_interval, eval_interval=cfg.eval_interval,
-        log_interval=cfg.log_interval, tensorboard=cfg.tensorboard, progress=cfg.progress)
+        log_interval=cfg.log_interval, tensorboard=cfg.tensorboard, progress=cfg.progress,
+        stop_at_step=cfg.stop_at_step)
     r = fit(model=model, train_model=train_model, loss_fn=_detection_loss(device), dataset=train_ds,
             collate=collate_detection, opts=opts, evaluate=evaluate,
             summary=lambda m: f"AP {m['AP']:.3f} AP50 {m['AP50']:.3f}", on_step=on_step)

@@ -5,8 +5,15 @@ Events:
 * ``{"event": "config", ...}``: the first line, the search settings (strategy, space, seed,
   reward); a resumed search checks that they agree;
 * ``{"event": "start", "trial_id", "genome", "decisions", "time"}``: a trial was launched;
-* ``{"event": "finish", "trial_id", "status": "ok" | "failed", "reward", "metrics",
-  "error", "genome", "decisions", "start_time", "end_time", "duration_s"}``.
+* ``{"event": "rung", "trial_id", "rung", "steps", "reward", "metrics", "decision": "continue" | "stop"}``:
+  early stopping (ASHA) decided on a trial that reached a rung below the full budget;
+* ``{"event": "retry", "trial_id", "rung", "attempt", "reason": "crash" | "worker_lost", "error"}``:
+  an attempt failed and the trial (its current rung) is run again;
+* ``{"event": "finish", "trial_id", "status", "reward", "metrics", "error", "genome", "decisions",
+  "start_time", "end_time", "duration_s"}`` with ``status`` one of ``ok`` (reached the full
+  budget), ``stopped`` (early stopping: ``reward`` is the reward at the rung it stopped at),
+  ``failed`` (crashed past its retries, NaN reward, timeout) or ``rejected`` (over a hard budget
+  limit, never trained).
 
 A line is written with a single ``write`` of the whole line, then ``fsync``, so a kill
 leaves at most a truncated last line: :meth:`Journal.events` ignores it, the next append
@@ -42,7 +49,14 @@ class TrialRecord:
 
     @property
     def ok(self) -> bool:
+        """Finished at the full budget with a reward (the trials ranked for ``best.json``)."""
         return self.status == "ok"
+
+    @property
+    def steps(self) -> float | None:
+        """Training steps the trial reached (``metrics["steps"]``), when known."""
+        v = self.metrics.get("steps")
+        return float(v) if isinstance(v, (int, float)) else None
 
 
 def _clean(value: Any) -> Any:
@@ -133,6 +147,15 @@ class Journal:
               "duration_s": end - start_time, "metrics": metrics or {}, "error": error}
         self.append(ev)
         return _record(ev)
+
+    def rung(self, trial_id: int, *, rung: int, steps: int, reward: float, metrics: dict[str, Any],
+             decision: str) -> None:
+        self.append({"event": "rung", "trial_id": trial_id, "rung": rung, "steps": steps, "reward": reward,
+                     "metrics": metrics, "decision": decision, "time": time.time()})
+
+    def retry(self, trial_id: int, *, rung: int, attempt: int, reason: str, error: str) -> None:
+        self.append({"event": "retry", "trial_id": trial_id, "rung": rung, "attempt": attempt, "reason": reason,
+                     "error": error, "time": time.time()})
 
     def finished(self) -> dict[int, TrialRecord]:
         """Finished trials by id (the first finish of an id wins; a resumed search never repeats one)."""

@@ -168,12 +168,23 @@ class ProxyTask:
     def describe(self) -> dict[str, Any]:
         return asdict(self)
 
-    def __call__(self, spec: SpineNetSpec) -> dict[str, Any]:
+    def __call__(self, spec: SpineNetSpec, *, steps: int | None = None, max_steps: int | None = None,
+                 trial_dir: str | None = None) -> dict[str, Any]:
+        """Train and evaluate ``spec``; with ``steps`` (early stopping), train a ``max_steps`` run only
+        up to ``steps``, resuming the checkpoint in ``trial_dir`` from the trial's previous rung
+        (the learning-rate schedule spans ``max_steps`` in every rung, so a trial that reaches
+        the last rung has had exactly the full-budget run)."""
         from torchspine.data.synth import ensure_synth
         from torchspine.engine.config import TrainConfig
         from torchspine.engine.trainer import train
 
         self.validate()
+        if steps is not None:
+            if max_steps is None or trial_dir is None:
+                raise ValueError("proxy task: a rung (steps) needs max_steps and trial_dir")
+            if self.max_steps is not None and max_steps != self.max_steps:
+                raise ValueError(f"proxy task: the fidelity schedule's max_steps={max_steps} differs from the "
+                                 f"proxy task's max_steps={self.max_steps}")
         work = Path(self.work_dir) if self.work_dir else Path(tempfile.gettempdir()) / "torchspine-search"
         if self.train_ann is None:
             synth = ensure_synth()
@@ -182,22 +193,30 @@ class ProxyTask:
             train_ann, train_images = Path(self.train_ann), Path(self.train_images)
         split_train, split_val = split_annotations(train_ann, work, val_fraction=self.val_fraction,
                                                    seed=self.split_seed)
-        with tempfile.TemporaryDirectory(prefix=f"{spec.name or 'trial'}-", dir=_mkdir(work / "trials")) as tmp:
-            out_dir = work / "trials" / (spec.name or Path(tmp).name) if self.keep_outputs else Path(tmp)
-            cfg = TrainConfig(
+
+        def config(out_dir: Path) -> TrainConfig:
+            return TrainConfig(
                 model=self.detector,
                 model_overrides={"spec": self.scaled_spec(spec), "head_num_filters": self.head_num_filters},
                 image_size=self.image_size,
                 train_ann=str(split_train), train_images=str(train_images),
                 val_ann=str(split_val), val_images=str(train_images),
-                batch_size=self.batch_size, epochs=self.epochs, max_steps=self.max_steps,
+                batch_size=self.batch_size, epochs=self.epochs,
+                max_steps=self.max_steps if steps is None else max_steps,
+                stop_at_step=steps, resume=steps is not None,
                 lr=self.lr, lr_reference_batch=self.lr_reference_batch, warmup_steps=self.warmup_steps,
                 warmup_init_lr=0.0, schedule="cosine", scale_jitter=tuple(self.scale_jitter),
                 eval_max_images=self.eval_max_images, num_threads=self.num_threads,
                 seed=self.seed, output_dir=str(out_dir), checkpoint_interval=0, tensorboard=False,
                 progress=False, log_interval=10, device="auto",
             )
-            metrics = train(cfg)
+
+        if steps is not None:
+            metrics = train(config(Path(trial_dir)))
+        else:
+            with tempfile.TemporaryDirectory(prefix=f"{spec.name or 'trial'}-", dir=_mkdir(work / "trials")) as tmp:
+                out_dir = work / "trials" / (spec.name or Path(tmp).name) if self.keep_outputs else Path(tmp)
+                metrics = train(config(out_dir))
         out = {"reward": float(metrics[self.reward_metric])}
         for k in (*_METRICS, "steps", "train_seconds"):
             if k in metrics:
