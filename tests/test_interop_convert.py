@@ -189,7 +189,8 @@ def tpu_style(tmp_path_factory) -> Path:
     if tf_python is None:
         pytest.skip("official TensorFlow stack absent: run scripts/setup_tf_venv.sh (CI does)")
     out = tmp_path_factory.mktemp("tpu_style")
-    proc = subprocess.run([tf_python, str(REPO / "tests" / "tf_side" / "build_tpu_style.py"), str(out)],
+    proc = subprocess.run([tf_python, str(REPO / "tests" / "tf_side" / "build_tpu_style.py"), str(out), "retinanet",
+                           "maskrcnn", "classifier"],
                           capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
@@ -197,7 +198,7 @@ def tpu_style(tmp_path_factory) -> Path:
 
 @pytest.mark.tf
 def test_tpu_name_based_checkpoint_backbone_and_head(tpu_style: Path) -> None:
-    variables = read_tf_checkpoint(tpu_style / "model.ckpt")
+    variables = read_tf_checkpoint(tpu_style / "retinanet" / "model.ckpt")
     # TF generated the reference section 10 names, e.g. the endpoints continue the root counters
     # after the stem (49S: stem conv2d, two stem bottlenecks conv2d_1..7, endpoints conv2d_8..12).
     assert variables["spinenet/conv2d_8/kernel"].shape == (1, 1, 332, 128)  # P4 from 4 * int(256 * 0.65)
@@ -212,7 +213,7 @@ def test_tpu_name_based_checkpoint_backbone_and_head(tpu_style: Path) -> None:
     # the torchspine model uses (0.5, 1.0, 2.0): torch anchor k*3 + r is TF anchor k*3 + tf.index(ar).
     torch_ar, tf_ar = (0.5, 1.0, 2.0), (1.0, 2.0, 0.5)
     anchor_map = [k * 3 + tf_ar.index(torch_ar[r]) for k in range(3) for r in range(3)]
-    with np.load(tpu_style / "io.npz") as io:
+    with np.load(tpu_style / "retinanet" / "io.npz") as io:
         for i in range(2):  # 128 x 128 and 128 x 256
             x = torch.from_numpy(io[f"input_{i}"]).permute(0, 3, 1, 2)
             with torch.no_grad():
@@ -231,6 +232,75 @@ def test_tpu_name_based_checkpoint_backbone_and_head(tpu_style: Path) -> None:
     with pytest.raises(ValueError, match="does not match model spinenet49") as info:
         convert_checkpoint(variables, "spinenet49", overrides=RELU)
     assert "spinenet/conv2d_1/kernel [1, 1, 64, 164]" in str(info.value)
+
+
+SWAP = [1, 0, 3, 2]  # torchvision (dx, dy, dw, dh) <- TF (dy, dx, dh, dw)
+
+
+@pytest.mark.tf
+def test_tpu_maskrcnn_checkpoint(tpu_style: Path) -> None:
+    # TF1 variables named as tensorflow/tpu heads.py RpnHead / FastrcnnHead / MaskrcnnHead name them.
+    variables = read_tf_checkpoint(tpu_style / "maskrcnn" / "model.ckpt")
+    kw = {"activation": "relu", "rpn_num_filters": 32, "head_num_filters": 32, "fc_dims": 64, "head_num_convs": 2,
+          "mask_num_convs": 2}
+    result = convert_checkpoint(variables, "maskrcnn_spinenet49s", overrides=kw)
+    # The tensorflow/tpu Mask R-CNN settings: BN 0.99 / 1e-3 and the class count of the checkpoint.
+    assert (result.settings["bn_momentum"], result.settings["bn_epsilon"]) == (0.99, 1e-3)
+    assert result.settings["num_classes"] == 5
+    model = build_converted("maskrcnn_spinenet49s", result.overrides, result.state_dict)
+    rpn_map = [(1.0, 2.0, 0.5).index(ar) for ar in (0.5, 1.0, 2.0)]  # torch anchor -> TF anchor
+    with np.load(tpu_style / "maskrcnn" / "io.npz") as io, torch.no_grad():
+        x = torch.from_numpy(io["input_1"]).permute(0, 3, 1, 2)  # 128 x 256
+        feats = model.backbone(x)
+        for lvl in range(3, 8):
+            ref = torch.from_numpy(io[f"out_1_{lvl}"]).permute(0, 3, 1, 2)
+            assert (feats[f"p{lvl}"] - ref).abs().max() <= 1e-4 * ref.abs().max(), lvl
+        logits, deltas = model.rpn.head(list(feats.values()))
+        for li, lvl in enumerate(range(3, 8)):
+            n, h, w, _ = io[f"cls_1_{lvl}"].shape
+            ref_cls = torch.from_numpy(io[f"cls_1_{lvl}"])[..., rpn_map].permute(0, 3, 1, 2)
+            ref_box = torch.from_numpy(io[f"box_1_{lvl}"]).view(n, h, w, 3, 4)[..., rpn_map, :][..., SWAP]
+            ref_box = ref_box.reshape(n, h, w, 12).permute(0, 3, 1, 2)
+            for got, want in ((logits[li], ref_cls), (deltas[li], ref_box)):
+                assert (got - want).abs().max() <= 1e-4 * want.abs().max(), lvl
+        rois = torch.from_numpy(io["box_rois"]).permute(0, 3, 1, 2)
+        scores, boxes = model.roi_heads.box_predictor(model.roi_heads.box_head(rois))
+        ref_scores = torch.from_numpy(io["box_cls"])
+        ref_boxes = torch.from_numpy(io["box_box"]).view(-1, 5, 4)[..., SWAP].reshape(-1, 20)
+        assert (scores - ref_scores).abs().max() <= 1e-4 * ref_scores.abs().max()
+        assert (boxes - ref_boxes).abs().max() <= 1e-4 * ref_boxes.abs().max()
+        masks = model.roi_heads.mask_predictor(model.roi_heads.mask_head(
+            torch.from_numpy(io["mask_rois"]).permute(0, 3, 1, 2)))
+        ref_masks = torch.from_numpy(io["masks"]).permute(0, 3, 1, 2)  # (R, 28, 28, C) -> (R, C, 28, 28)
+        assert masks.shape == ref_masks.shape == (6, 5, 28, 28)
+        assert (masks - ref_masks).abs().max() <= 1e-4 * ref_masks.abs().max()
+
+
+@pytest.mark.tf
+def test_tpu_classifier_checkpoint(tpu_style: Path, tmp_path: Path) -> None:
+    variables = read_tf_checkpoint(tpu_style / "classifier" / "model.ckpt")
+    result = convert_checkpoint(variables, "spinenet49s_cls", overrides=RELU)
+    # tensorflow/tpu ImageNet: 1001 classes (index 0 background), BN 0.9 / 1e-5.
+    assert result.settings["num_classes"] == 1001
+    assert (result.settings["bn_momentum"], result.settings["bn_epsilon"]) == (0.9, 1e-5)
+    out = tmp_path / "cls.safetensors"
+    from torchspine.interop.convert import save_converted
+
+    save_converted(result, out)
+    model = load_converted(out)
+    assert model.torchspine_info["num_classes"] == 1001 and model.torchspine_info["background_class"] == 0
+    with np.load(tpu_style / "classifier" / "io.npz") as io, torch.no_grad():
+        logits = model.fc(torch.from_numpy(io["pooled"]))
+        ref = torch.from_numpy(io["logits"])
+        assert (logits - ref).abs().max() <= 1e-5 * ref.abs().max()
+        x = torch.from_numpy(io["input_0"]).permute(0, 3, 1, 2)
+        feats = model.backbone(x)
+        ref3 = torch.from_numpy(io["out_0_3"]).permute(0, 3, 1, 2)
+        assert (feats["p3"] - ref3).abs().max() <= 1e-4 * ref3.abs().max()
+    # The backbone part of a detector or classifier checkpoint converts on its own.
+    backbone = convert_checkpoint(variables, "spinenet49s", overrides=RELU)
+    # ... with the BN settings the checkpoint was trained with (a classifier's), not a detector's.
+    assert backbone.settings["padding"] == "symmetric" and backbone.settings["bn_epsilon"] == 1e-5
 
 
 # --------------------------------------------------------------- without TensorFlow

@@ -9,9 +9,19 @@ and a RetinaNet head with explicit names ``class_net/class-{k}`` (convs shared a
 ``class-{k}-{level}`` (per-level BN) and ``class-predict``; aspect ratios (1.0, 2.0, 0.5).
 It runs under the TF interpreter and never imports torch.
 
-Usage: ``python build_tpu_style.py OUT_DIR`` writes ``OUT_DIR/model.ckpt*`` (a TF1 Saver
-checkpoint) and ``OUT_DIR/io.npz`` (``input_i``, ``out_i_<level>``, ``cls_i_<level>``,
-``box_i_<level>``, NHWC).
+With ``maskrcnn`` it adds, instead of the RetinaNet head, the Mask R-CNN heads of tensorflow/tpu
+``modeling/architecture/heads.py`` with its variable names: ``rpn_head/rpn`` (shared conv),
+``rpn_head/rpn-l{level}-bn``, ``rpn-class``, ``rpn-box``; ``fast_rcnn_head/conv_{i}`` + unnamed BN,
+``fc6`` + unnamed BN, ``class-predict``, ``box-predict``; ``mask_head/mask-conv-l{i}`` + unnamed
+BN, ``conv5-mask`` (``conv2d_transpose``) + unnamed BN, ``mask_fcn_logits``; BN 0.99 / 1e-3 as
+the Mask R-CNN yamls. With ``classifier``: ``classification_head/dense`` over 1001 classes on a
+pooled feature (BN 0.9 / 1e-5 as the classification yamls).
+
+Usage: ``python build_tpu_style.py OUT_DIR [retinanet] [maskrcnn] [classifier]`` writes, for each
+kind, ``OUT_DIR/<kind>/model.ckpt*`` (a TF1 Saver checkpoint) and ``OUT_DIR/io.npz`` (``input_i``,
+``out_i_<level>``, ``cls_i_<level>``, ``box_i_<level>``, NHWC; for ``maskrcnn`` also
+``rpn_cls_i_<level>``, ``rpn_box_i_<level>``, ``box_rois``, ``box_cls``, ``box_box``,
+``mask_rois``, ``masks``; for ``classifier`` ``pooled`` and ``logits``).
 """
 
 from __future__ import annotations
@@ -34,8 +44,11 @@ BLOCKS = [(2, "b", (0, 1), False), (4, "r", (0, 1), False), (3, "b", (2, 3), Fal
           (5, "b", (7, 12), True), (7, "b", (5, 14), True), (6, "b", (12, 14), True)]
 FILTERS = {2: 64, 3: 128, 4: 256, 5: 256, 6: 256, 7: 256}
 SCALE, ALPHA, ENDPOINTS = 0.65, 0.5, 128  # SpineNet-49S (reference section 2)
-MOMENTUM, EPSILON = 0.997, 1e-4  # tensorflow/tpu RetinaNet (reference section 7)
+MOMENTUM, EPSILON = 0.997, 1e-4  # tensorflow/tpu RetinaNet (configs/base_config.py)
+NORM = {"retinanet": (0.997, 1e-4), "maskrcnn": (0.99, 1e-3), "classifier": (0.9, 1e-5)}
 HEAD_CONVS, HEAD_FILTERS, NUM_CLASSES, ASPECTS, NUM_SCALES = 2, 32, 3, (1.0, 2.0, 0.5), 3
+# Mask R-CNN at tiny widths: RPN filters, head convs / filters, fc dims, classes, RoIs.
+RPN_FILTERS, MRCNN_CONVS, MRCNN_FILTERS, FC_DIMS, MRCNN_CLASSES, NUM_ROIS = 32, 2, 32, 64, 5, 6
 
 
 def conv(x, filters, k, strides=1, use_bias=False, name=None):
@@ -132,14 +145,58 @@ def retinanet_head(feats):
     return cls, box
 
 
-def main() -> int:
-    out_dir = sys.argv[1]
+def maskrcnn_heads(feats, box_rois, mask_rois):
+    """tensorflow/tpu RpnHead, FastrcnnHead, MaskrcnnHead (use_batch_norm=True) with their names."""
+    anchors = len(ASPECTS)  # one scale per level for the RPN
+    rpn_cls, rpn_box = {}, {}
+    with v1.variable_scope("rpn_head", reuse=v1.AUTO_REUSE):
+        for lvl in range(3, 8):
+            y = conv(feats[lvl], RPN_FILTERS, 3, use_bias=True, name="rpn")
+            y = bn(y, name=f"rpn-l{lvl}-bn")
+            rpn_cls[lvl] = conv(y, anchors, 1, use_bias=True, name="rpn-class")
+            rpn_box[lvl] = conv(y, 4 * anchors, 1, use_bias=True, name="rpn-box")
+    with v1.variable_scope("fast_rcnn_head"):
+        net = box_rois
+        for i in range(MRCNN_CONVS):
+            net = bn(v1.layers.conv2d(net, MRCNN_FILTERS, 3, padding="same", name=f"conv_{i}"))
+        net = tf.reshape(net, [-1, 7 * 7 * MRCNN_FILTERS])  # NHWC flattening
+        net = bn(v1.layers.dense(net, FC_DIMS, name="fc6"))
+        box_cls = v1.layers.dense(net, MRCNN_CLASSES, name="class-predict")
+        box_box = v1.layers.dense(net, MRCNN_CLASSES * 4, name="box-predict")
+    with v1.variable_scope("mask_head"):
+        net = mask_rois
+        for i in range(MRCNN_CONVS):
+            net = bn(v1.layers.conv2d(net, MRCNN_FILTERS, 3, padding="same", name=f"mask-conv-l{i}"))
+        net = bn(v1.layers.conv2d_transpose(net, MRCNN_FILTERS, 2, 2, padding="valid", name="conv5-mask"))
+        masks = v1.layers.conv2d(net, MRCNN_CLASSES, 1, padding="valid", name="mask_fcn_logits")
+    return rpn_cls, rpn_box, box_cls, box_box, masks
+
+
+def build(out_dir: str, mode: str) -> None:
+    global MOMENTUM, EPSILON
+    MOMENTUM, EPSILON = NORM[mode]
     os.makedirs(out_dir, exist_ok=True)
-    v1.disable_eager_execution()
     rng = np.random.default_rng(5)
     images = v1.placeholder(tf.float32, [1, None, None, 3])
     feats = spinenet(images)
-    cls, box = retinanet_head(feats)
+    extra, extra_feed = {}, {}
+    if mode == "retinanet":
+        cls, box = retinanet_head(feats)
+    else:
+        cls, box = {}, {}
+    if mode == "maskrcnn":
+        box_rois = v1.placeholder(tf.float32, [NUM_ROIS, 7, 7, ENDPOINTS], name="box_rois")
+        mask_rois = v1.placeholder(tf.float32, [NUM_ROIS, 14, 14, ENDPOINTS], name="mask_rois")
+        rpn_cls, rpn_box, box_cls, box_box, masks = maskrcnn_heads(feats, box_rois, mask_rois)
+        extra = {"box_cls": box_cls, "box_box": box_box, "masks": masks}
+        extra_feed = {box_rois: rng.normal(0.0, 1.0, box_rois.shape.as_list()).astype(np.float32),
+                      mask_rois: rng.normal(0.0, 1.0, mask_rois.shape.as_list()).astype(np.float32)}
+        cls, box = rpn_cls, rpn_box
+    if mode == "classifier":
+        pooled = v1.placeholder(tf.float32, [2, ENDPOINTS], name="pooled")
+        with v1.variable_scope("classification_head"):
+            extra = {"logits": v1.layers.dense(pooled, 1001)}
+        extra_feed = {pooled: rng.normal(0.0, 1.0, (2, ENDPOINTS)).astype(np.float32)}
     with v1.Session() as sess:
         feed = {}
         for var in v1.global_variables():  # non-trivial weights and BN statistics
@@ -161,9 +218,22 @@ def main() -> int:
             outs, c, b = sess.run([feats, cls, box], {images: x})
             io[f"input_{i}"] = x
             for lvl in range(3, 8):
-                io[f"out_{i}_{lvl}"], io[f"cls_{i}_{lvl}"], io[f"box_{i}_{lvl}"] = outs[lvl], c[lvl], b[lvl]
+                io[f"out_{i}_{lvl}"] = outs[lvl]
+                if c:
+                    io[f"cls_{i}_{lvl}"], io[f"box_{i}_{lvl}"] = c[lvl], b[lvl]
+        if extra:
+            io.update(sess.run(extra, extra_feed))
+            io.update({p.op.name: v for p, v in extra_feed.items()})
         v1.train.Saver().save(sess, os.path.join(out_dir, "model.ckpt"))
     np.savez(os.path.join(out_dir, "io.npz"), **io)
+
+
+def main() -> int:
+    out_dir, modes = sys.argv[1], sys.argv[2:] or ["retinanet"]
+    v1.disable_eager_execution()
+    for mode in modes:  # one interpreter (TensorFlow imports slowly), one graph per model
+        with tf.Graph().as_default():
+            build(os.path.join(out_dir, mode), mode)
     return 0
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-__all__ = ["CODEBASE_DEFAULTS", "CODEBASE_NAMES", "Codebase", "codebase_settings", "detect_codebase"]
+__all__ = ["CODEBASE_DEFAULTS", "CODEBASE_NAMES", "Codebase", "checkpoint_task", "codebase_settings",
+           "detect_codebase"]
 
 Codebase = Literal["tpu", "mg"]
 
@@ -54,3 +55,15 @@ def detect_codebase(names: list[str] | set[str]) -> Codebase:
     sample = sorted(names)[:5]
     raise ValueError(f"cannot tell which official codebase wrote this checkpoint (no 'layer_with_weights-N' "
                      f"and no 'spinenet/' variables); first names: {sample}")
+
+
+def checkpoint_task(names: list[str] | set[str]) -> str:
+    """The kind of model that wrote the checkpoint, from its head scopes (the BN settings follow
+    it even when only the backbone is converted)."""
+    if any("rpn_head/" in n or "fast_rcnn_head/" in n for n in names):
+        return "instance_segmentation"
+    if any("classification_head/" in n for n in names):
+        return "classifier"
+    if any("class_net/" in n or "_classifier/" in n for n in names):
+        return "detector"
+    return "backbone"

@@ -32,7 +32,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchspine.interop.codebase import CODEBASE_DEFAULTS, CODEBASE_NAMES, Codebase, codebase_settings, detect_codebase
+from torchspine.interop.codebase import (
+    CODEBASE_DEFAULTS,
+    CODEBASE_NAMES,
+    Codebase,
+    checkpoint_task,
+    codebase_settings,
+    detect_codebase,
+)
 from torchspine.interop.convert_head import (
     transfer_classifier_head,
     transfer_maskrcnn_heads,
@@ -167,7 +174,7 @@ def convert_checkpoint(
     with torch.device("meta"):
         probe = create_model(model_name, **overrides)
     settings = ({"flavor": codebase} if _is_mobile(_backbone_of(probe)[0])  # flavour: padding, BN, SE gating
-                else codebase_settings(codebase, task))
+                else codebase_settings(codebase, checkpoint_task(names)))
     if "num_classes" not in overrides and task != "backbone":
         n = _num_classes_in(tf_vars, task, probe)
         if n is not None:
