@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
@@ -39,14 +38,16 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
         if str(args.weights).endswith(".safetensors"):
             with safe_open(args.weights, framework="pt") as f:
                 meta = f.metadata() or {}
-            if meta.get("format") == "torchspine.converted/1":
+            if meta.get("format") in ("torchspine.converted/1", "torchspine.model/1"):
                 from safetensors.torch import load_file
 
                 from torchspine.interop.convert import build_converted
+                from torchspine.models.saved import read_model_metadata
 
-                if meta["model"] != args.model:
-                    raise ValueError(f"{args.weights} holds converted weights of {meta['model']}, not {args.model}")
-                merged = {**json.loads(meta["overrides"]), **overrides}
+                saved = read_model_metadata(args.weights)  # the settings the model was saved with
+                if saved["model"] != args.model:
+                    raise ValueError(f"{args.weights} holds weights of {saved['model']}, not {args.model}")
+                merged = {**saved["overrides"], **overrides}
                 return build_converted(args.model, merged, load_file(args.weights))
             from safetensors.torch import load_file
 
