@@ -190,7 +190,7 @@ def tpu_style(tmp_path_factory) -> Path:
         pytest.skip("official TensorFlow stack absent: run scripts/setup_tf_venv.sh (CI does)")
     out = tmp_path_factory.mktemp("tpu_style")
     proc = subprocess.run([tf_python, str(REPO / "tests" / "tf_side" / "build_tpu_style.py"), str(out), "retinanet",
-                           "maskrcnn", "classifier"],
+                           "maskrcnn", "classifier", "mbconv"],
                           capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
@@ -301,6 +301,19 @@ def test_tpu_classifier_checkpoint(tpu_style: Path, tmp_path: Path) -> None:
     backbone = convert_checkpoint(variables, "spinenet49s", overrides=RELU)
     # ... with the BN settings the checkpoint was trained with (a classifier's), not a detector's.
     assert backbone.settings["padding"] == "symmetric" and backbone.settings["bn_epsilon"] == 1e-5
+
+
+@pytest.mark.tf
+def test_tpu_spinenet_mbconv_checkpoint(tpu_style: Path) -> None:
+    # tensorflow/tpu SpineNet-MBConv-49 ('spinenet_mbconv/' scopes, depthwise_conv2d, SE convs with
+    # bias inside each block scope): the tensorflow/tpu flavour (swish, sigmoid-gated SE).
+    variables = read_tf_checkpoint(tpu_style / "mbconv" / "model.ckpt")
+    result = convert_checkpoint(variables, "spinenet_mobile49", overrides={"activation": "swish"})
+    assert result.codebase == "tpu" and result.settings["flavor"] == "tpu"
+    model = build_converted("spinenet_mobile49", result.overrides, result.state_dict).to(torch.float64)
+    assert model.spec.padding == "symmetric"
+    with np.load(tpu_style / "mbconv" / "io.npz") as io:  # written in float64
+        _compare(model, io, torch.float64)
 
 
 # --------------------------------------------------------------- without TensorFlow

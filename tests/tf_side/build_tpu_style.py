@@ -17,7 +17,10 @@ BN, ``conv5-mask`` (``conv2d_transpose``) + unnamed BN, ``mask_fcn_logits``; BN 
 the Mask R-CNN yamls. With ``classifier``: ``classification_head/dense`` over 1001 classes on a
 pooled feature (BN 0.9 / 1e-5 as the classification yamls).
 
-Usage: ``python build_tpu_style.py OUT_DIR [retinanet] [maskrcnn] [classifier]`` writes, for each
+With ``mbconv``: tensorflow/tpu's SpineNet-MBConv-49 backbone (``spinenet_mbconv.py``), see
+:func:`spinenet_mbconv`.
+
+Usage: ``python build_tpu_style.py OUT_DIR [retinanet] [maskrcnn] [classifier] [mbconv]`` writes, for each
 kind, ``OUT_DIR/<kind>/model.ckpt*`` (a TF1 Saver checkpoint) and ``OUT_DIR/io.npz`` (``input_i``,
 ``out_i_<level>``, ``cls_i_<level>``, ``box_i_<level>``, NHWC; for ``maskrcnn`` also
 ``rpn_cls_i_<level>``, ``rpn_box_i_<level>``, ``box_rois``, ``box_cls``, ``box_box``,
@@ -228,10 +231,145 @@ def build(out_dir: str, mode: str) -> None:
     np.savez(os.path.join(out_dir, "io.npz"), **io)
 
 
+# ---------------------------------------------------------------- SpineNet-MBConv (mobile)
+# tensorflow/tpu modeling/architecture/spinenet_mbconv.py with nn_blocks.mbconv_block and
+# nn_ops.squeeze_excitation / depthwise_conv2d_fixed_padding: swish everywhere, SE with a swish
+# inner activation and a sigmoid gate, BN 0.997 / 1e-4. Variable scopes and creation order as
+# there: 'spinenet_mbconv/', 'sub_policy{i}/resample_with_sepconv_resample_{i}_{j}/',
+# 'sub_policy{i}/scale_permuted_block_{len(feats)}/'.
+MB_FILTERS = {0: 8, 1: 16, 2: 24, 3: 40, 4: 80, 5: 112, 6: 112, 7: 112}
+
+
+def round_filters(filters, multiplier, divisor=8):
+    scaled = filters * multiplier
+    new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(new + divisor if new < 0.9 * scaled else new)
+
+
+def swish_bn(x, act=True):
+    x = v1.layers.batch_normalization(x, momentum=MOMENTUM, epsilon=EPSILON, training=False)
+    return tf.nn.swish(x) if act else x
+
+
+def depthwise(x, strides):
+    """nn_ops.depthwise_conv2d_fixed_padding: a Keras DepthwiseConv2D inside tf.layers naming, so
+    its variable is '<scope>/depthwise_conv2d[_N]/depthwise_kernel' (made here with TF's own
+    scope uniquification, the mechanism tf.layers uses)."""
+    if strides > 1:
+        x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    with v1.variable_scope(None, default_name="depthwise_conv2d"):
+        k = v1.get_variable("depthwise_kernel", [3, 3, int(x.shape[-1]), 1], dtype=x.dtype)
+    return tf.nn.depthwise_conv2d(x, k, [1, strides, strides, 1], "SAME" if strides == 1 else "VALID")
+
+
+def mbconv(x, in_f, out_f, strides):
+    shortcut = x
+    y = swish_bn(conv(x, in_f * 6, 1))
+    y = swish_bn(depthwise(y, strides))
+    se = tf.reduce_mean(y, [1, 2], keepdims=True)  # squeeze_excitation: reduce, then expand
+    se = v1.layers.conv2d(se, max(1, int(in_f * 0.2)), 1, padding="same")
+    se = v1.layers.conv2d(tf.nn.swish(se), in_f * 6, 1, padding="same")
+    y = tf.sigmoid(se) * y
+    y = swish_bn(conv(y, out_f, 1), act=False)
+    return y + shortcut if in_f == out_f and strides == 1 else y
+
+
+def spinenet_mbconv(images, block_specs, scale, endpoints):
+    width = int(images.shape[2])
+    with v1.variable_scope("spinenet_mbconv"):
+        x = swish_bn(conv(images, round_filters(MB_FILTERS[0], scale), 3, strides=2))
+        b0 = mbconv(x, round_filters(8, scale), round_filters(16, scale), 1)
+        feats = [b0, mbconv(b0, round_filters(16, scale), round_filters(24, scale), 2)]
+        outdeg = [0, 0]
+        outputs = {}
+        for i, (level, _, parents, is_out) in enumerate(block_specs):
+            target_w = int(np.ceil(width / 2 ** level))
+            target_f = round_filters(MB_FILTERS[level], scale)
+            with v1.variable_scope(f"sub_policy{i}"):
+                xs = []
+                for j, p in enumerate(parents):
+                    with v1.variable_scope(f"resample_with_sepconv_resample_{i}_{j}"):
+                        y = feats[p]
+                        w = int(y.shape[2])
+                        while w > target_w:
+                            y = swish_bn(depthwise(y, 2))
+                            w //= 2
+                        if w < target_w:
+                            s = target_w // w
+                            y = tf.repeat(tf.repeat(y, s, axis=1), s, axis=2)
+                        xs.append(swish_bn(conv(y, target_f, 1), act=False))
+                    outdeg[p] += 1
+                t = xs[0] + xs[1]
+                if is_out:
+                    for j, f in enumerate(feats):
+                        if outdeg[j] == 0 and int(f.shape[2]) == target_w and int(f.shape[3]) == target_f:
+                            t += f
+                            outdeg[j] += 1
+                with v1.variable_scope(f"scale_permuted_block_{len(feats)}"):
+                    t = mbconv(tf.nn.swish(t), target_f, target_f, 1)
+            feats.append(t)
+            outdeg.append(0)
+            if is_out:
+                outputs[level] = t
+        return {lvl: swish_bn(conv(outputs[lvl], endpoints, 1)) for lvl in range(3, 8)}
+
+
+def build_mbconv(out_dir: str, dtype=np.float64) -> None:
+    """Two graphs (128x128 and 128x256: the resampling needs static widths) sharing one checkpoint,
+    in float64 so that the comparison sees errors far below float32 noise."""
+    global MOMENTUM, EPSILON
+    MOMENTUM, EPSILON = NORM["retinanet"]  # the tensorflow/tpu detection BN (0.997 / 1e-4)
+    from official.vision.modeling.backbones import spinenet_mobile as mg  # the same block list and scales
+
+    specs = mg.SPINENET_BLOCK_SPECS
+    sc = mg.SCALING_MAP["49"]
+    os.makedirs(out_dir, exist_ok=True)
+    rng = np.random.default_rng(7)
+    io = {}
+    prefix = os.path.join(out_dir, "model.ckpt")
+    for i, (h, w) in enumerate([(128, 128), (128, 256)]):
+        with tf.Graph().as_default():
+            images = v1.placeholder(dtype, [1, h, w, 3])
+            feats = spinenet_mbconv(images, specs, sc["filter_size_scale"], sc["endpoints_num_filters"])
+            with v1.Session() as sess:
+                if i == 0:
+                    _randomize(sess, rng, dtype)
+                    v1.train.Saver().save(sess, prefix)
+                else:
+                    v1.train.Saver().restore(sess, prefix)
+                x = rng.normal(0.0, 1.0, (1, h, w, 3)).astype(dtype)
+                outs = sess.run(feats, {images: x})
+        io[f"input_{i}"] = x
+        for lvl in range(3, 8):
+            io[f"out_{i}_{lvl}"] = outs[lvl]
+    np.savez(os.path.join(out_dir, "io.npz"), **io)
+
+
+def _randomize(sess, rng, dtype=np.float32) -> None:
+    feed = {}
+    for var in v1.global_variables():
+        shape = tuple(var.shape.as_list())
+        n = var.op.name
+        if n.endswith("gamma"):
+            val = rng.uniform(0.5, 1.5, shape)
+        elif n.endswith(("beta", "moving_mean", "bias")):
+            val = rng.normal(0.0, 0.2, shape)
+        elif n.endswith("moving_variance"):
+            val = rng.uniform(0.5, 2.0, shape)
+        else:
+            fan_in = np.prod(shape[:2]) if n.endswith("depthwise_kernel") else np.prod(shape[:-1])
+            val = rng.normal(0.0, 1.0, shape) / np.sqrt(fan_in)
+        feed[var.initial_value] = val.astype(dtype)
+    sess.run([v.initializer for v in v1.global_variables()], feed)
+
+
 def main() -> int:
     out_dir, modes = sys.argv[1], sys.argv[2:] or ["retinanet"]
     v1.disable_eager_execution()
     for mode in modes:  # one interpreter (TensorFlow imports slowly), one graph per model
+        if mode == "mbconv":
+            build_mbconv(os.path.join(out_dir, mode))
+            continue
         with tf.Graph().as_default():
             build(os.path.join(out_dir, mode), mode)
     return 0
