@@ -1,4 +1,6 @@
-"""``torchspine convert``: an official TensorFlow SpineNet checkpoint -> torchspine safetensors (no TensorFlow needed)."""
+"""``torchspine convert``: an official TensorFlow SpineNet checkpoint -> torchspine safetensors.
+
+Reads the checkpoint with numpy alone: TensorFlow is not needed."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="TF checkpoint prefix (e.g. model.ckpt-231500 or ckpt-1), .index file or directory")
+    p.add_argument("checkpoint",
+                   help="TF checkpoint prefix (e.g. model.ckpt-231500 or ckpt-1), .index file or directory")
     p.add_argument("--model", required=True,
                    help="torchspine model name, e.g. spinenet49, spinenet_mobile49, retinanet_spinenet49, "
                         "maskrcnn_spinenet49, spinenet49_cls")

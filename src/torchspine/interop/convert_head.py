@@ -74,9 +74,9 @@ def _retinanet_names(codebase: str, names: set[str]) -> dict[str, str] | str:
         r = _root(names, ("_classifier/kernel", "_classifier/pointwise_kernel"), "_classifier/")
         if r is None:
             return "head: no Model Garden RetinaNet head in the checkpoint (no '.../_classifier/kernel')"
-        return {"cls_conv": r + "_cls_convs/{k}/", "cls_norm": r + "_cls_norms/{li}/{k}/", "cls_pred": r + "_classifier/",
-                "box_conv": r + "_box_convs/{k}/", "box_norm": r + "_box_norms/{li}/{k}/", "box_pred": r + "_box_regressor/",
-                "root": r}
+        return {"cls_conv": r + "_cls_convs/{k}/", "cls_norm": r + "_cls_norms/{li}/{k}/",
+                "cls_pred": r + "_classifier/", "box_conv": r + "_box_convs/{k}/",
+                "box_norm": r + "_box_norms/{li}/{k}/", "box_pred": r + "_box_regressor/", "root": r}
     r = _root(names, ("class_net/class-predict/kernel", "class_net/class-predict/pointwise_kernel"), "class_net/")
     if r is None:
         return "head: no tensorflow/tpu RetinaNet head in the checkpoint (no '.../class_net/class-predict/kernel')"

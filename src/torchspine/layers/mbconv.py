@@ -31,7 +31,8 @@ from torchspine.layers.conv import ConvNormAct
 from torchspine.layers.resample import resize_nearest
 from torchspine.specs.spec import NormSpec
 
-__all__ = ["HardSigmoid", "MBConvBlock", "ResampleSepConv", "SE_ACTIVATIONS", "SE_GATINGS", "MBCONV_DEFAULT_OPTIONS"]
+__all__ = ["HardSigmoid", "MBConvBlock", "ResampleSepConv", "SE_ACTIVATIONS", "SE_GATINGS",
+           "MBCONV_DEFAULT_OPTIONS"]
 
 
 class HardSigmoid(nn.Module):
