@@ -23,6 +23,7 @@ them are recorded in :attr:`ConversionResult.settings` and in the saved file.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -90,6 +91,13 @@ class ConversionResult:
     codebase: str
     source: str
     settings: dict[str, Any] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, str]:
+        """The safetensors metadata :func:`save_converted` writes (torchspine's one saved-model format)."""
+        from torchspine.models.saved import FORMAT
+
+        return {"format": FORMAT, "model": self.model_name, "overrides": json.dumps(self.overrides, sort_keys=True),
+                "info": json.dumps(self.info(), sort_keys=True)}
 
     def info(self) -> dict[str, Any]:
         """What the saved file records about the conversion (``torchspine_info`` after loading)."""
