@@ -21,7 +21,7 @@ With ``mbconv``: tensorflow/tpu's SpineNet-MBConv-49 backbone (``spinenet_mbconv
 :func:`spinenet_mbconv`.
 
 Usage: ``python build_tpu_style.py OUT_DIR [retinanet] [maskrcnn] [classifier] [mbconv]`` writes, for each
-kind, ``OUT_DIR/<kind>/model.ckpt*`` (a TF1 Saver checkpoint) and ``OUT_DIR/io.npz`` (``input_i``,
+kind, ``OUT_DIR/<kind>/model.ckpt*`` (with no kind: the RetinaNet one in ``OUT_DIR`` itself) (a TF1 Saver checkpoint) and ``OUT_DIR/io.npz`` (``input_i``,
 ``out_i_<level>``, ``cls_i_<level>``, ``box_i_<level>``, NHWC; for ``maskrcnn`` also
 ``rpn_cls_i_<level>``, ``rpn_box_i_<level>``, ``box_rois``, ``box_cls``, ``box_box``,
 ``mask_rois``, ``masks``; for ``classifier`` ``pooled`` and ``logits``).
@@ -364,8 +364,12 @@ def _randomize(sess, rng, dtype=np.float32) -> None:
 
 
 def main() -> int:
-    out_dir, modes = sys.argv[1], sys.argv[2:] or ["retinanet"]
+    out_dir, modes = sys.argv[1], sys.argv[2:]
     v1.disable_eager_execution()
+    if not modes:  # the original usage: the RetinaNet checkpoint directly in OUT_DIR
+        with tf.Graph().as_default():
+            build(out_dir, "retinanet")
+        return 0
     for mode in modes:  # one interpreter (TensorFlow imports slowly), one graph per model
         if mode == "mbconv":
             build_mbconv(os.path.join(out_dir, mode))
