@@ -1,7 +1,8 @@
 """A tensorflow/tpu-style SpineNet in TF1 graph mode, for the name-based checkpoint test.
 
-The tensorflow/tpu code is not on PyPI, so this re-implements its graph from the shared
-reference (sections 1-5, 8, 10) with the same TF1 calls it uses: ``tf.compat.v1.layers.conv2d``
+The tensorflow/tpu code is not on PyPI, so this re-implements its graph (tensorflow/tpu
+``models/official/detection/modeling/architecture/spinenet.py``, ``nn_ops.py``, ``heads.py``)
+with the same TF1 calls it uses: ``tf.compat.v1.layers.conv2d``
 / ``batch_normalization`` without explicit names (so TF itself generates ``conv2d_N`` /
 ``batch_normalization_N`` per variable scope), fixed symmetric padding for strided convs, one
 'SAME' max pool of k3 (ratio 4) or k5 (larger ratios) with stride ratio/2, nearest upsampling,
@@ -21,7 +22,7 @@ With ``mbconv``: tensorflow/tpu's SpineNet-MBConv-49 backbone (``spinenet_mbconv
 :func:`spinenet_mbconv`.
 
 Usage: ``python build_tpu_style.py OUT_DIR [retinanet] [maskrcnn] [classifier] [mbconv]`` writes, for each
-kind, ``OUT_DIR/<kind>/model.ckpt*`` (with no kind: the RetinaNet one in ``OUT_DIR`` itself) (a TF1 Saver checkpoint) and ``OUT_DIR/io.npz`` (``input_i``,
+kind, ``OUT_DIR/<kind>/model.ckpt*`` in float64 (with no kind: the RetinaNet one, float32, in ``OUT_DIR`` itself) (a TF1 Saver checkpoint) and ``OUT_DIR/io.npz`` (``input_i``,
 ``out_i_<level>``, ``cls_i_<level>``, ``box_i_<level>``, NHWC; for ``maskrcnn`` also
 ``rpn_cls_i_<level>``, ``rpn_box_i_<level>``, ``box_rois``, ``box_cls``, ``box_box``,
 ``mask_rois``, ``masks``; for ``classifier`` ``pooled`` and ``logits``).
@@ -40,13 +41,13 @@ import tensorflow as tf  # noqa: E402
 
 v1 = tf.compat.v1
 
-# Reference section 1 (tensorflow/tpu SPINENET_BLOCK_SPECS): (level, type, parents, is_output).
+# tensorflow/tpu spinenet.py SPINENET_BLOCK_SPECS: (level, type, parents, is_output).
 BLOCKS = [(2, "b", (0, 1), False), (4, "r", (0, 1), False), (3, "b", (2, 3), False), (4, "b", (2, 4), False),
           (6, "r", (3, 5), False), (4, "b", (3, 5), False), (5, "r", (6, 7), False), (7, "r", (6, 8), False),
           (5, "b", (8, 9), False), (5, "b", (8, 10), False), (4, "b", (5, 10), True), (3, "b", (4, 10), True),
           (5, "b", (7, 12), True), (7, "b", (5, 14), True), (6, "b", (12, 14), True)]
 FILTERS = {2: 64, 3: 128, 4: 256, 5: 256, 6: 256, 7: 256}
-SCALE, ALPHA, ENDPOINTS = 0.65, 0.5, 128  # SpineNet-49S (reference section 2)
+SCALE, ALPHA, ENDPOINTS = 0.65, 0.5, 128  # SpineNet-49S (tensorflow/tpu spinenet.py SCALING_MAP['49S'])
 MOMENTUM, EPSILON = 0.997, 1e-4  # tensorflow/tpu RetinaNet (configs/base_config.py)
 NORM = {"retinanet": (0.997, 1e-4), "maskrcnn": (0.99, 1e-3), "classifier": (0.9, 1e-5)}
 HEAD_CONVS, HEAD_FILTERS, NUM_CLASSES, ASPECTS, NUM_SCALES = 2, 32, 3, (1.0, 2.0, 0.5), 3
@@ -116,7 +117,7 @@ def spinenet(images):
                     with v1.variable_scope(f"resample_with_alpha_resample_{i}_{j}"):
                         xs.append(resample(feats[p], info[p][0], info[p][1], level, target))
                     outdeg[p] += 1
-                if is_out:  # zero out-degree rule (reference section 5)
+                if is_out:  # zero out-degree rule (paper section 3.3; spinenet.py)
                     for j, (lv, _, ch) in enumerate(info):
                         if outdeg[j] == 0 and lv == level and ch == target:
                             xs.append(feats[j])
@@ -175,12 +176,12 @@ def maskrcnn_heads(feats, box_rois, mask_rois):
     return rpn_cls, rpn_box, box_cls, box_box, masks
 
 
-def build(out_dir: str, mode: str) -> None:
+def build(out_dir: str, mode: str, dtype=np.float32) -> None:
     global MOMENTUM, EPSILON
     MOMENTUM, EPSILON = NORM[mode]
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(5)
-    images = v1.placeholder(tf.float32, [1, None, None, 3])
+    images = v1.placeholder(dtype, [1, None, None, 3])
     feats = spinenet(images)
     extra, extra_feed = {}, {}
     if mode == "retinanet":
@@ -188,18 +189,18 @@ def build(out_dir: str, mode: str) -> None:
     else:
         cls, box = {}, {}
     if mode == "maskrcnn":
-        box_rois = v1.placeholder(tf.float32, [NUM_ROIS, 7, 7, ENDPOINTS], name="box_rois")
-        mask_rois = v1.placeholder(tf.float32, [NUM_ROIS, 14, 14, ENDPOINTS], name="mask_rois")
+        box_rois = v1.placeholder(dtype, [NUM_ROIS, 7, 7, ENDPOINTS], name="box_rois")
+        mask_rois = v1.placeholder(dtype, [NUM_ROIS, 14, 14, ENDPOINTS], name="mask_rois")
         rpn_cls, rpn_box, box_cls, box_box, masks = maskrcnn_heads(feats, box_rois, mask_rois)
         extra = {"box_cls": box_cls, "box_box": box_box, "masks": masks}
-        extra_feed = {box_rois: rng.normal(0.0, 1.0, box_rois.shape.as_list()).astype(np.float32),
-                      mask_rois: rng.normal(0.0, 1.0, mask_rois.shape.as_list()).astype(np.float32)}
+        extra_feed = {box_rois: rng.normal(0.0, 1.0, box_rois.shape.as_list()).astype(dtype),
+                      mask_rois: rng.normal(0.0, 1.0, mask_rois.shape.as_list()).astype(dtype)}
         cls, box = rpn_cls, rpn_box
     if mode == "classifier":
-        pooled = v1.placeholder(tf.float32, [2, ENDPOINTS], name="pooled")
+        pooled = v1.placeholder(dtype, [2, ENDPOINTS], name="pooled")
         with v1.variable_scope("classification_head"):
             extra = {"logits": v1.layers.dense(pooled, 1001)}
-        extra_feed = {pooled: rng.normal(0.0, 1.0, (2, ENDPOINTS)).astype(np.float32)}
+        extra_feed = {pooled: rng.normal(0.0, 1.0, (2, ENDPOINTS)).astype(dtype)}
     with v1.Session() as sess:
         feed = {}
         for var in v1.global_variables():  # non-trivial weights and BN statistics
@@ -213,11 +214,11 @@ def build(out_dir: str, mode: str) -> None:
                 val = rng.uniform(0.5, 2.0, shape)
             else:
                 val = rng.normal(0.0, 1.0, shape) / np.sqrt(np.prod(shape[:-1]))
-            feed[var.initial_value] = val.astype(np.float32)
+            feed[var.initial_value] = val.astype(dtype)
         sess.run([v.initializer for v in v1.global_variables()], feed)  # one run: feed the initial values
         io = {}
         for i, (h, w) in enumerate([(128, 128), (128, 256)]):
-            x = rng.normal(0.0, 1.0, (1, h, w, 3)).astype(np.float32)
+            x = rng.normal(0.0, 1.0, (1, h, w, 3)).astype(dtype)
             outs, c, b = sess.run([feats, cls, box], {images: x})
             io[f"input_{i}"] = x
             for lvl in range(3, 8):
@@ -374,8 +375,8 @@ def main() -> int:
         if mode == "mbconv":
             build_mbconv(os.path.join(out_dir, mode))
             continue
-        with tf.Graph().as_default():
-            build(os.path.join(out_dir, mode), mode)
+        with tf.Graph().as_default():  # float64: errors far below float32 noise stay visible
+            build(os.path.join(out_dir, mode), mode, np.float64)
     return 0
 
 

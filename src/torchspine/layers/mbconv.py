@@ -1,6 +1,7 @@
 """MBConv blocks and separable-conv resampling for SpineNet-Mobile (paper Appendix A;
-reference sections 3-4: tensorflow/tpu ``nn_blocks.mbconv_block`` / ``resample_with_sepconv``,
-Model Garden ``InvertedBottleneckBlock``).
+tensorflow/tpu ``models/official/detection/modeling/architecture/nn_blocks.py`` ``mbconv_block``
+and ``spinenet_mbconv.py`` ``resample_with_sepconv``; tensorflow/models
+``official/vision/modeling/layers/nn_blocks.py`` ``InvertedBottleneckBlock``).
 
 * :class:`MBConvBlock` (MnasNet / MobileNetV2 inverted bottleneck): expand 1x1 (``in *
   expand_ratio``) -> BN -> act -> depthwise kxk (stride) -> BN -> act -> squeeze-excitation ->
