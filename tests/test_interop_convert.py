@@ -191,7 +191,7 @@ def tpu_style(tmp_path_factory) -> Path:
         pytest.skip("official TensorFlow stack absent: run scripts/setup_tf_venv.sh (CI does)")
     out = tmp_path_factory.mktemp("tpu_style")
     proc = subprocess.run([tf_python, str(REPO / "tests" / "tf_side" / "build_tpu_style.py"), str(out), "retinanet",
-                           "maskrcnn", "classifier", "mbconv"],
+                           "maskrcnn", "classifier", "mbconv", "sn190"],
                           capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
@@ -314,6 +314,19 @@ def test_tpu_spinenet_mbconv_checkpoint(tpu_style: Path) -> None:
     model = build_converted("spinenet_mobile49", result.overrides, result.state_dict).to(torch.float64)
     assert model.spec.padding == "symmetric"
     with np.load(tpu_style / "mbconv" / "io.npz") as io:  # written in float64
+        _compare(model, io, torch.float64)
+
+
+@pytest.mark.tf
+def test_tpu_block_repeats_checkpoint(tpu_style: Path) -> None:
+    # SpineNet-190's layout (4 blocks per group, alpha 1.0) at a quarter width: every scope then
+    # holds several blocks' layers, numbered in creation order (tensorflow/tpu spinenet.py block_group).
+    variables = read_tf_checkpoint(tpu_style / "sn190" / "model.ckpt")
+    assert "spinenet/sub_policy0/scale_permuted_block_2/conv2d_11/kernel" in variables  # 4 x 3 convs
+    kw = {"activation": "relu", "filter_size_scale": 0.325, "endpoints_num_filters": 64}
+    result = convert_checkpoint(variables, "spinenet190", overrides=kw)
+    model = build_converted("spinenet190", result.overrides, result.state_dict).to(torch.float64)
+    with np.load(tpu_style / "sn190" / "io.npz") as io:
         _compare(model, io, torch.float64)
 
 

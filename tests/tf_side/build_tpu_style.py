@@ -21,7 +21,9 @@ pooled feature (BN 0.9 / 1e-5 as the classification yamls).
 With ``mbconv``: tensorflow/tpu's SpineNet-MBConv-49 backbone (``spinenet_mbconv.py``), see
 :func:`spinenet_mbconv`.
 
-Usage: ``python build_tpu_style.py OUT_DIR [retinanet] [maskrcnn] [classifier] [mbconv]`` writes, for each
+With ``sn190``: the backbone alone with SpineNet-190's repeats and alpha at a quarter width.
+
+Usage: ``python build_tpu_style.py OUT_DIR [retinanet] [maskrcnn] [classifier] [mbconv] [sn190]`` writes, for each
 kind, ``OUT_DIR/<kind>/model.ckpt*`` in float64 (with no kind: the RetinaNet one, float32, in ``OUT_DIR`` itself) (a TF1 Saver checkpoint) and ``OUT_DIR/io.npz`` (``input_i``,
 ``out_i_<level>``, ``cls_i_<level>``, ``box_i_<level>``, NHWC; for ``maskrcnn`` also
 ``rpn_cls_i_<level>``, ``rpn_box_i_<level>``, ``box_rois``, ``box_cls``, ``box_box``,
@@ -48,6 +50,10 @@ BLOCKS = [(2, "b", (0, 1), False), (4, "r", (0, 1), False), (3, "b", (2, 3), Fal
           (5, "b", (7, 12), True), (7, "b", (5, 14), True), (6, "b", (12, 14), True)]
 FILTERS = {2: 64, 3: 128, 4: 256, 5: 256, 6: 256, 7: 256}
 SCALE, ALPHA, ENDPOINTS = 0.65, 0.5, 128  # SpineNet-49S (tensorflow/tpu spinenet.py SCALING_MAP['49S'])
+REPEATS = 1
+# mode "sn190": SCALING_MAP['190'] (alpha 1.0, 4 block repeats, filter scale 1.3) at a quarter of
+# its widths (filter scale 0.325, 64 endpoint filters), backbone only.
+SN190 = (0.325, 1.0, 64, 4)
 MOMENTUM, EPSILON = 0.997, 1e-4  # tensorflow/tpu RetinaNet (configs/base_config.py)
 NORM = {"retinanet": (0.997, 1e-4), "maskrcnn": (0.99, 1e-3), "classifier": (0.9, 1e-5)}
 HEAD_CONVS, HEAD_FILTERS, NUM_CLASSES, ASPECTS, NUM_SCALES = 2, 32, 3, (1.0, 2.0, 0.5), 3
@@ -74,6 +80,17 @@ def bottleneck(x, f, project):
     y = bn(conv(y, f, 3))
     y = bn(conv(y, 4 * f, 1), relu=False)
     return tf.nn.relu(y + shortcut)
+
+
+def group(x, kind, f):
+    """spinenet.py block_group: REPEATS blocks, a projection shortcut only on the first and only when
+    the channels change (``not (num_filters == filters * 4 and strides == 1)``)."""
+    for r in range(REPEATS):
+        if kind == "b":
+            x = bottleneck(x, f, r == 0 and int(x.shape[-1]) != 4 * f)
+        else:
+            x = residual(x, f)
+    return x
 
 
 def residual(x, f):
@@ -103,8 +120,8 @@ def spinenet(images):
     with v1.variable_scope("spinenet"):
         x = bn(conv(images, 64, 7, strides=2))
         x = tf.nn.max_pool2d(x, 3, 2, "SAME")
-        feats = [bottleneck(x, f2, True)]
-        feats.append(bottleneck(feats[0], f2, False))
+        feats = [group(x, "b", f2)]
+        feats.append(group(feats[0], "b", f2))
         info = [(2, "b", 4 * f2), (2, "b", 4 * f2)]
         outdeg = [0, 0]
         endpoints = {}
@@ -124,7 +141,7 @@ def spinenet(images):
                             outdeg[j] += 1
                 y = tf.nn.relu(tf.add_n(xs))
                 with v1.variable_scope(f"scale_permuted_block_{i + 2}"):
-                    y = bottleneck(y, f, False) if kind == "b" else residual(y, f)
+                    y = group(y, kind, f)
             feats.append(y)
             info.append((level, kind, target))
             outdeg.append(0)
@@ -177,8 +194,9 @@ def maskrcnn_heads(feats, box_rois, mask_rois):
 
 
 def build(out_dir: str, mode: str, dtype=np.float32) -> None:
-    global MOMENTUM, EPSILON
-    MOMENTUM, EPSILON = NORM[mode]
+    global MOMENTUM, EPSILON, SCALE, ALPHA, ENDPOINTS, REPEATS
+    MOMENTUM, EPSILON = NORM.get(mode, NORM["retinanet"])
+    SCALE, ALPHA, ENDPOINTS, REPEATS = SN190 if mode == "sn190" else (0.65, 0.5, 128, 1)
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(5)
     images = v1.placeholder(dtype, [1, None, None, 3])
