@@ -299,7 +299,7 @@ class _Table:
         raw = self.data[offset:offset + size]
         kind = self.data[offset + size]
         stored = struct.unpack_from("<I", self.data, offset + size + 1)[0]
-        if _unmask(stored) != _crc_bytes(0xFFFFFFFF, raw + bytes([kind])) ^ 0xFFFFFFFF:
+        if _unmask(stored) != crc32c(raw + bytes([kind])):
             raise ValueError(f"{self.path}: checksum mismatch in the table block at offset {offset} (corrupt file)")
         if kind == 0:
             return raw
