@@ -154,3 +154,15 @@ def test_reader_needs_no_tensorflow() -> None:
     proc = subprocess.run([sys.executable, "-c", code, str(REPO / "src" / "torchspine" / "interop" / "tf_bundle.py")],
                           capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "0xe3069283", proc.stderr
+
+
+def test_slice_keys_decode() -> None:
+    # tensor_bundle.cc EncodeTensorNameSlice: OrderedCode NumIncreasing(0), the name (0x00 escaped as
+    # 00 ff, ended by 00 01), NumIncreasing(rank), then SignedNumIncreasing start and length per
+    # dimension (-1: the whole dimension). Signed numbers of one byte are 0x80 ^ value (0 -> 80,
+    # 3 -> 83, -1 -> 7f); 100 needs two bytes, 0xc000 ^ 100 = c0 64.
+    from torchspine.interop.tf_bundle import _slice_key
+
+    key = b"\x00" + b"a/b\x00\xffc" + b"\x00\x01" + b"\x01\x02" + bytes([0x80, 0x7F, 0x83]) + b"\xc0\x64"
+    assert _slice_key(key) == ("a/b\x00c", ((0, -1), (3, 100)))
+    assert _slice_key(b"model/w/.ATTRIBUTES/VARIABLE_VALUE") is None
