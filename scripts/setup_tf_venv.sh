@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv-tf: the official TensorFlow stack (tensorflow-cpu + tf-models-official) in its own
-# virtual environment, used by `torchspine convert --tf-python` and by the `tf`-marked equivalence
-# tests (tests/test_interop_convert.py). Kept apart from .venv so torch and TensorFlow never share
+# virtual environment, used by the `tf`-marked tests (tests/test_interop_convert.py,
+# test_parity_float64.py, test_tf_bundle.py) to write official checkpoints; `torchspine convert`
+# itself reads them without TensorFlow. Kept apart from .venv so torch and TensorFlow never share
 # an environment. Versions: shared reference environment notes (known to work together).
 set -euo pipefail
 cd "$(dirname "$0")/.."

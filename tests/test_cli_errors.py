@@ -234,7 +234,8 @@ def test_predict_skips_a_zero_size_image_by_name(tmp_path, capsys):
     (["demo", "--out", "{blocker}/d", "--no-profile"], ["file.txt", "not a directory"]),
     (["classify", "train", "--data", "missing"], ["missing/train"]),
     (["classify", "eval", "--data", "missing", "--weights", "{corrupt}"], ["c.safetensors", "not a readable"]),
-    (["convert", "missing_ckpt", "--model", "spinenet49", "--out", "o.safetensors"], ["missing_ckpt", "not found"]),
+    (["convert", "missing_ckpt", "--model", "spinenet49", "--activation", "relu", "--out", "o.safetensors"],
+     ["missing_ckpt", "not found"]),
     (["search", "--data", "x.json", "--local", "--trials", "1", "--out", "s"], ["--data and --images"]),
     (["eval", "nothere"], ["nothere", "not found"]),
 ])

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import torchspine as ts
+from torchspine.layers.mbconv import HardSigmoid
 from torchspine.models.backbone import SpineNet
 from torchspine.specs.ablations import FISH, HOURGLASS, graph_damage, ordering_spec
 from torchspine.specs.mobile import mobile_spec
@@ -68,10 +69,10 @@ def test_mobile_mbconv_structure_and_flavors() -> None:
     assert block.se.fc1.out_channels == 2 and block.has_residual
     assert isinstance(block.se.activation, nn.SiLU) and isinstance(block.se.scale_activation, nn.Sigmoid)
     mg_block = mg.blocks[0].group[0]
-    assert isinstance(mg_block.se.activation, nn.ReLU) and isinstance(mg_block.se.scale_activation, nn.Hardsigmoid)
+    assert isinstance(mg_block.se.activation, nn.ReLU) and isinstance(mg_block.se.scale_activation, HardSigmoid)
     assert mg.spec.activation == "swish" and ts.create_model("spinenet_mobile49s", flavor="mg").spec.activation == "hard_swish"
     gated = ts.create_model("spinenet_mobile49xs", se_gating="hard_sigmoid", se_activation="relu")
-    assert isinstance(gated.blocks[3].group[0].se.scale_activation, nn.Hardsigmoid)
+    assert isinstance(gated.blocks[3].group[0].se.scale_activation, HardSigmoid)
     # The separable resampling has no alpha 1x1: a L4 -> L6 parent gets two depthwise 3x3/2 convs.
     down = tpu.blocks[5].resample[0]  # block 5 is L6 with parent feats[4] (L4)
     assert len(down.downsample) == 2 and down.downsample[0].conv.groups == down.downsample[0].conv.in_channels

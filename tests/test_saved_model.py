@@ -102,7 +102,8 @@ def test_converted_files_new_and_legacy(tmp_path: Path) -> None:
                                                                   "epsilon": 1e-3}, "mg", "ckpt-1")
     save_converted(result, tmp_path / "new.safetensors")
     meta = read_model_metadata(tmp_path / "new.safetensors")
-    assert meta["info"]["provenance"] == {"source": "ckpt-1", "codebase": "mg", "converted": True}
+    prov = meta["info"]["provenance"]
+    assert prov["converted_from"] == "ckpt-1" and prov["codebase"] == "Model Garden"
     # The pre-1 converter format (torchspine.converted/1) is still read.
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "old.safetensors"),
               metadata=result.metadata())

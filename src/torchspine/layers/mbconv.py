@@ -1,7 +1,7 @@
 """MBConv blocks and separable-conv resampling for SpineNet-Mobile (paper Appendix A;
-tensorflow/tpu models/official/detection/modeling/architecture/nn_blocks.py ``mbconv_block``,
-spinenet_mbconv.py ``resample_with_sepconv``,
-Model Garden ``InvertedBottleneckBlock``).
+tensorflow/tpu ``models/official/detection/modeling/architecture/nn_blocks.py`` ``mbconv_block``
+and ``spinenet_mbconv.py`` ``resample_with_sepconv``; tensorflow/models
+``official/vision/modeling/layers/nn_blocks.py`` ``InvertedBottleneckBlock``).
 
 * :class:`MBConvBlock` (MnasNet / MobileNetV2 inverted bottleneck): expand 1x1 (``in *
   expand_ratio``) -> BN -> act -> depthwise kxk (stride) -> BN -> act -> squeeze-excitation ->
@@ -10,7 +10,10 @@ Model Garden ``InvertedBottleneckBlock``).
 * Squeeze-excitation squeezes to ``max(1, int(in_channels * se_ratio))`` channels (a ratio of
   the block's *input* channels, as both official codebases do), with two gate/activation
   flavours: tensorflow/tpu (inner swish, sigmoid gate) and Model Garden (inner relu,
-  hard-sigmoid gate ``relu6(x + 3) / 6``). torchvision's ``SqueezeExcitation`` is the op.
+  hard-sigmoid gate ``relu6(x + 3) * 0.16667``: tensorflow/models
+  ``official/modeling/activations/sigmoid.py`` multiplies by the rounded constant, not by 1/6,
+  a relative difference of 2e-5 that :class:`HardSigmoid` keeps). torchvision's
+  ``SqueezeExcitation`` is the op.
 * :class:`ResampleSepConv`: no alpha reduction; downsample by repeated [depthwise 3x3/2 -> BN
   -> act], upsample by nearest neighbour, then 1x1 conv to the target channels -> BN.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import SqueezeExcitation
 
@@ -28,11 +32,21 @@ from torchspine.layers.conv import ConvNormAct
 from torchspine.layers.resample import Resample
 from torchspine.specs.spec import NormSpec
 
-__all__ = ["MBConvBlock", "ResampleSepConv", "SE_ACTIVATIONS", "SE_GATINGS", "MBCONV_DEFAULT_OPTIONS"]
+__all__ = ["HardSigmoid", "MBConvBlock", "ResampleSepConv", "SE_ACTIVATIONS", "SE_GATINGS",
+           "MBCONV_DEFAULT_OPTIONS"]
+
+
+class HardSigmoid(nn.Module):
+    """Model Garden's ``hard_sigmoid``: ``relu6(x + 3) * 0.16667`` (tensorflow/models
+    ``official/modeling/activations/sigmoid.py``). ``nn.Hardsigmoid`` divides by 6, which differs
+    by 2e-5 relative: above float32 noise, so parity with the official outputs needs the constant."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(x + 3.0) * 0.16667
 
 # Inner activation and gate of the squeeze-excitation module, by official name.
 SE_ACTIVATIONS: dict[str, type[nn.Module]] = {"swish": nn.SiLU, "relu": nn.ReLU, "hard_swish": nn.Hardswish}
-SE_GATINGS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "hard_sigmoid": nn.Hardsigmoid}
+SE_GATINGS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "hard_sigmoid": HardSigmoid}
 
 # Official defaults (tensorflow/tpu ``DEFAULT_EXPAND_RATIO``, ``se_ratio`` 0.2, kernel 3,
 # ``nn_ops.squeeze_excitation`` with swish inside and a sigmoid gate).

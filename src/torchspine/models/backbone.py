@@ -257,6 +257,17 @@ class SpineNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    @property
+    def output_levels(self) -> tuple[int, ...]:
+        """The pyramid levels of the outputs, ascending (``min_level .. max_level``)."""
+        return self._levels
+
+    @property
+    def output_feature_index(self) -> dict[int, int]:
+        """For each output level, the index of the block output it comes from in
+        :meth:`forward_features` (stem outputs first, then one per scale-permuted block)."""
+        return dict(zip(self._levels, self._output_index))
+
     def output_shape(self) -> dict[str, tuple[int, int]]:
         """detectron2-style ``{name: (channels, stride)}``."""
         return {k: (self.out_channels[k], self.strides[k]) for k in self.out_channels}
