@@ -152,13 +152,29 @@ def merge_detections(boxes: Tensor, scores: Tensor, labels: Tensor, *, method: M
     return merged.to(boxes.dtype), scores[keep], labels[keep]
 
 
+def _inside_interior(boxes: Tensor, windows: Tensor, width: int, height: int, margin: float) -> Tensor:
+    """``(N, T)``: box n lies in window t without touching any of t's borders that are inside
+    the image (a border on the image's own edge cuts nothing)."""
+    b, w = boxes[:, None, :], windows[None, :, :].to(boxes.dtype)
+    lo_x = torch.where(w[..., 0] > 0, w[..., 0] + margin, w[..., 0])
+    lo_y = torch.where(w[..., 1] > 0, w[..., 1] + margin, w[..., 1])
+    hi_x = torch.where(w[..., 2] < width, w[..., 2] - margin, w[..., 2])
+    hi_y = torch.where(w[..., 3] < height, w[..., 3] - margin, w[..., 3])
+    return (b[..., 0] >= lo_x) & (b[..., 1] >= lo_y) & (b[..., 2] <= hi_x) & (b[..., 3] <= hi_y)
+
+
 @torch.inference_mode()
 def predict_tiled(model: nn.Module, image: Tensor, *, tile: int, overlap: float = 0.2, merge: Merge = "nms",
-                  iou_thresh: float = 0.5, batch_size: int = 4, max_detections: int | None = None
-                  ) -> dict[str, Tensor]:
+                  iou_thresh: float = 0.5, batch_size: int = 4, max_detections: int | None = None,
+                  edge_margin: float = 2.0) -> dict[str, Tensor]:
     """Detections of an eval-mode detector on ``image`` (``(C, H, W)``), predicted tile by tile
     (each tile at the model's own input size), mapped back to image pixels and merged across
-    tiles. Boxes only: masks of Mask R-CNN are dropped here."""
+    tiles. Boxes only: masks of Mask R-CNN are dropped here.
+
+    A box within ``edge_margin`` px of a tile border inside the image is an object cut by the
+    tile; it is dropped when another tile holds the same box away from its borders (that tile
+    saw the whole object, as long as the overlap is larger than the objects). The rest are
+    merged with ``merge`` at ``iou_thresh``."""
     from torchspine.engine.predict import predict
 
     _check_tiling(tile, overlap)
@@ -175,6 +191,14 @@ def predict_tiled(model: nn.Module, image: Tensor, *, tile: int, overlap: float 
         scores.append(det["scores"])
         labels.append(det["labels"])
     b, s, lab = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
+    if len(windows) > 1 and len(b):
+        win = torch.tensor(windows)
+        tile_of = torch.cat([torch.full((len(x),), i) for i, x in enumerate(boxes)])
+        clean = _inside_interior(b, win, w, h, edge_margin)  # (N, T)
+        cut = ~clean[torch.arange(len(b)), tile_of]
+        clean[torch.arange(len(b)), tile_of] = False
+        drop = cut & clean.any(1)
+        b, s, lab = b[~drop], s[~drop], lab[~drop]
     b, s, lab = merge_detections(b, s, lab, method=merge, iou_thresh=iou_thresh)
     if max_detections is not None:
         b, s, lab = b[:max_detections], s[:max_detections], lab[:max_detections]
