@@ -31,11 +31,13 @@ from torchspine.data.coco import CocoDetection, collate_detection
 from torchspine.data.synth import ensure_synth
 from torchspine.data.transforms import build_eval_transforms, build_train_transforms
 from torchspine.engine.build import add_dropblock, build_model
-from torchspine.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights, unwrap
+from torchspine.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from torchspine.engine.config import TrainConfig
 from torchspine.engine.distributed import (DistInfo, all_reduce_mean, cleanup_distributed, convert_batchnorm,
                                            globalize_loss_normalizer, init_distributed)
-from torchspine.engine.evaluate import evaluate_coco, format_table
+from torchspine.engine.evaluate import evaluate_coco
+from torchspine.engine.finetune import freeze_backbone_bn, init_from_pretrained
+from torchspine.engine.runs import save_trained, trained_model_info
 from torchspine.engine.optim import build_ema, build_optimizer, build_scheduler, scale_lr
 from torchspine.engine.plots import plot_curves
 from torchspine.utils import atomic_write_text
@@ -174,6 +176,10 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
             overrides["stochastic_depth_rate"] = cfg.stochastic_depth_rate
         model = build_model(cfg.model, num_classes=train_ds.num_classes, image_size=cfg.image_size,
                             overrides=overrides)
+        if cfg.weights:  # fine-tuning (engine/finetune.py)
+            init_from_pretrained(model, cfg.weights, label_names=trained_model_info(cfg, train_ds)["label_names"])
+    if cfg.freeze_bn:
+        logger.info("froze %d backbone BatchNorm layers", freeze_backbone_bn(model))
     if cfg.dropblock:
         n = add_dropblock(model, block_size=cfg.dropblock_size, keep_prob=cfg.dropblock_keep_prob)
         logger.info("DropBlock(size %d, keep %.2f) after %d BN layers", cfg.dropblock_size, cfg.dropblock_keep_prob, n)
@@ -317,8 +323,7 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     if info.is_main:
         assert final is not None
         final_model = ema.module if ema is not None else unwrap(model)
-        save_weights(out / "model.safetensors", final_model,
-                     metadata={"model": cfg.model, "steps": str(step), "AP": f"{final['AP']:.4f}"})
+        save_trained(final_model, out / "model.safetensors", trained_model_info(cfg, train_ds, metrics=final, steps=step))
         result = {**final, "steps": step, "train_seconds": train_seconds,
                   "images_per_second": images_seen / max(train_seconds, 1e-9), "num_train_images": len(train_ds),
                   "corrupt_images_skipped": train_ds.num_corrupt, "output_dir": str(out), "evals": evals}
@@ -330,5 +335,5 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
             logger.warning("could not draw curves.png: %s", e)
         if writer is not None:
             writer.close()
-        logger.info("finished %d steps in %.0f s\n%s", step, train_seconds, format_table(final))
+        logger.info("finished %d steps in %.0f s: AP %.3f AP50 %.3f", step, train_seconds, final["AP"], final["AP50"])
     return result
