@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from torchspine.utils import atomic_write_text
@@ -39,42 +40,57 @@ def run(args: argparse.Namespace) -> int:
     from torchspine.engine.build import build_model
     from torchspine.engine.evaluate import evaluate_coco, format_table
     from torchspine.engine.trainer import resolve_device
+    from torchspine.cli.predict import _is_trained
     from torchspine.models.saved import load_weights
 
-    cfg: dict = {}
-    if args.run:
-        cfg_path = Path(args.run) / "config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{cfg_path} not found: is {args.run!r} a training output folder?")
-        cfg = json.loads(cfg_path.read_text())
-    name = args.model or cfg.get("model")
-    if not name:
-        raise ValueError("give a training output folder or --model")
-    overrides = dict(cfg.get("model_overrides") or {})
-    if args.model_overrides:
-        try:
-            overrides.update(json.loads(args.model_overrides))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--model-overrides is not valid JSON: {e}") from e
-    if cfg.get("stochastic_depth_rate") is not None:
-        overrides.setdefault("stochastic_depth_rate", cfg["stochastic_depth_rate"])
-    image_size = args.image_size or cfg.get("image_size") or 640
-    weights = args.weights or (str(Path(args.run) / "model.safetensors") if args.run else None)
-    if not weights:
-        raise ValueError("give --weights (or a training output folder)")
+    from torchspine.engine.runs import load_run_config, load_trained, resolve_run_path
+
+    source = args.run or args.weights
+    cfg: dict = load_run_config(args.run) if args.run else {}
+    if args.run and not cfg and not (Path(args.run) / "model.safetensors").exists():
+        raise FileNotFoundError(f"{Path(args.run) / 'config.json'} not found: is {args.run!r} a training output folder?")
     if args.ann:
         if not args.images:
             raise ValueError("--ann needs --images")
         ann, images = args.ann, args.images
-    elif cfg.get("val_ann"):
-        ann, images = cfg["val_ann"], cfg["val_images"]
+    elif cfg.get("val_ann"):  # resolved wherever the command runs from
+        ann = resolve_run_path(cfg["val_ann"], args.run, what="val_ann")
+        images = resolve_run_path(cfg["val_images"], args.run, what="val_images")
     else:
         synth = ensure_synth()
         ann, images = synth["val_ann"], synth["val_images"]
-    with_masks = name.startswith("maskrcnn")
-    dataset = CocoDetection(ann, images, with_masks=with_masks)
-    model = build_model(name, num_classes=dataset.num_classes, image_size=image_size, overrides=overrides)
-    load_weights(model, weights)
+    trained = None
+    if source and (args.run or _is_trained(args.weights)) and not args.model_overrides:
+        over = {"image_size": args.image_size} if args.image_size else {}
+        trained = load_trained(args.weights or args.run, **over)
+        if args.model and args.model != trained.name:
+            raise ValueError(f"--model {args.model} differs from the model of {trained.path} ({trained.name})")
+        if args.image_size and trained.image_size and args.image_size != trained.image_size:
+            print(f"torchspine eval: warning: --image-size {args.image_size} overrides the size the model was trained "
+                  f"at ({trained.image_size})", file=sys.stderr)
+        name, model, weights = trained.name, trained.model, trained.path
+        with_masks = hasattr(model, "roi_heads") and getattr(model.roi_heads, "has_mask", lambda: False)()
+        dataset = CocoDetection(ann, images, with_masks=with_masks)
+    else:
+        name = args.model or cfg.get("model")
+        if not name:
+            raise ValueError("give a training output folder or --model")
+        overrides = dict(cfg.get("model_overrides") or {})
+        if args.model_overrides:
+            try:
+                overrides.update(json.loads(args.model_overrides))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--model-overrides is not valid JSON: {e}") from e
+        if cfg.get("stochastic_depth_rate") is not None:
+            overrides.setdefault("stochastic_depth_rate", cfg["stochastic_depth_rate"])
+        image_size = args.image_size or cfg.get("image_size") or 640
+        weights = args.weights or (str(Path(args.run) / "model.safetensors") if args.run else None)
+        if not weights:
+            raise ValueError("give --weights (or a training output folder)")
+        with_masks = name.startswith("maskrcnn")
+        dataset = CocoDetection(ann, images, with_masks=with_masks)
+        model = build_model(name, num_classes=dataset.num_classes, image_size=image_size, overrides=overrides)
+        load_weights(model, weights)
     device = resolve_device(args.device)
     model.to(device)
     metrics = evaluate_coco(model, dataset, device=device, batch_size=args.batch_size, max_images=args.max_images,

@@ -106,7 +106,8 @@ def resolve_run_path(value: str | os.PathLike | None, run_dir: str | os.PathLike
     tried = [Path.cwd() / p]
     if run_dir is not None:
         run = Path(run_dir).resolve()
-        tried += [run / p, run.parent / p]
+        # the run folder and the folders above it (a run at PROJECT/runs/NAME was trained from PROJECT)
+        tried += [d / p for d in [run, *list(run.parents)[:3]]]
     for cand in tried:
         if cand.exists():
             return str(cand.resolve())
@@ -281,4 +282,4 @@ def resume_config(output_dir: str | os.PathLike, given: dict[str, Any], *, flags
     # paths recorded relative by older runs: make them absolute now
     paths = {k: resolve_run_path(cur[k], run, what=k) for k in ("train_ann", "train_images", "val_ann", "val_images")
              if cur[k] is not None}
-    return base.replace(**paths, **over, resume=True)
+    return base.replace(**{**paths, **over, "resume": True})

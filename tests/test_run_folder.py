@@ -1,0 +1,107 @@
+"""A run folder is self-contained: predict / eval / export take it (or its model file) and use
+its model, settings, image size and class names from any working folder; --resume takes the
+run's config and names an argument that disagrees with it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from torchspine.cli import main
+from torchspine.data.synth import SynthConfig, generate_synth
+from torchspine.engine.runs import load_trained
+from torchspine.models.saved import read_model_metadata
+
+TINY = {"filter_size_scale": 0.125, "endpoints_num_filters": 16, "head_num_filters": 16, "head_num_convs": 1,
+        "momentum": 0.9}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 2-step run trained from a working folder with RELATIVE data paths."""
+    root = tmp_path_factory.mktemp("proj")
+    generate_synth(root / "data", SynthConfig(num_train=8, num_val=2, image_size=96, seed=3))
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        rc = main(["train", "--model", "retinanet_spinenet49s", "--set", f"model_overrides={json.dumps(TINY)}",
+                   "--train-ann", "data/annotations/train.json", "--train-images", "data/train",
+                   "--val-ann", "data/annotations/val.json", "--val-images", "data/val", "--image-size", "96",
+                   "--batch-size", "4", "--max-steps", "2", "--device", "cpu", "--no-progress", "--out", "runs/a",
+                   "--set", "tensorboard=false", "--set", "checkpoint_interval=0", "--set", "warmup_steps=0"])
+    finally:
+        os.chdir(old)
+    assert rc == 0
+    return root / "runs" / "a"
+
+
+def test_model_file_carries_classes_names_and_image_size(run):
+    meta = read_model_metadata(run / "model.safetensors")
+    data = json.loads((run.parent.parent / "data" / "annotations" / "train.json").read_text())
+    cats = {c["id"]: c["name"] for c in data["categories"]}
+    info = meta["info"]
+    assert info["image_size"] == 96 and info["num_classes"] == max(cats) + 1
+    assert [info["label_names"][i] for i in cats] == [cats[i] for i in cats]
+    assert [info["category_ids"][i] for i in cats] == list(cats)
+    cfg = json.loads((run / "config.json").read_text())
+    assert Path(cfg["train_ann"]).is_absolute() and Path(cfg["val_images"]).is_absolute()
+
+
+def test_predict_export_eval_from_another_folder(run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    images = run.parent.parent / "data" / "val"
+    assert main(["predict", str(images), "--weights", str(run), "--out", "pred", "--score-thresh", "0.0"]) == 0
+    dets = json.loads(Path("pred/detections.json").read_text())
+    names = {c["id"]: c["name"] for c in json.loads((run.parent.parent / "data" / "annotations" / "val.json").read_text())["categories"]}
+    assert dets and all(d["category_name"] == names[d["category_id"]] for d in dets)
+    # image ids from the annotation file, matched by file name
+    val = json.loads((run.parent.parent / "data" / "annotations" / "val.json").read_text())
+    assert main(["predict", str(images), "--weights", str(run / "model.safetensors"), "--out", "pred2",
+                 "--ann", str(run.parent.parent / "data" / "annotations" / "val.json"), "--image-size", "128"]) == 0
+    err = capsys.readouterr().err
+    assert "--image-size 128 overrides the size the model was trained at (96)" in err
+    got = {Path(m["file_name"]).name: m["id"] for m in json.loads(Path("pred2/images.json").read_text())}
+    assert got == {im["file_name"]: im["id"] for im in val["images"]}
+    assert main(["eval", str(run), "--json", "eval.json"]) == 0
+    out = capsys.readouterr().out
+    assert "APl" in out and out.count("type ") == 1
+    assert main(["export", "--weights", str(run), "--out", "m.onnx", "--no-check"]) == 0
+    assert "[3, 96, 96]" in capsys.readouterr().out  # the trained size, not the 256 default
+
+
+def test_resume_takes_the_run_config_and_names_a_differing_argument(run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"--resume: --batch-size 8 \(command line\) differs from the run's "
+                                         r"batch_size 4"):
+        from torchspine.cli import build_parser
+        from torchspine.cli.train import run as train_run
+
+        train_run(build_parser("train").parse_args(["train", "--out", str(run), "--resume", "--batch-size", "8"]))
+    # nothing repeated: everything from the run (finished: no further steps, same model)
+    before = load_file(run / "model.safetensors")
+    assert main(["train", "--out", str(run), "--resume", "--no-progress", "--batch-size", "4"]) == 0
+    after = load_file(run / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert main(["train", "--out", str(tmp_path / "nothing"), "--resume"]) == 2
+    assert "config.json not found" in capsys.readouterr().err
+
+
+def test_legacy_model_file_with_relative_paths(run, tmp_path, monkeypatch):
+    """A run written before models carried their settings: tensors only, config.json with relative paths."""
+    legacy = tmp_path / "proj" / "runs" / "old"
+    legacy.mkdir(parents=True)
+    cfg = json.loads((run / "config.json").read_text())
+    data = run.parent.parent / "data"
+    (tmp_path / "proj" / "data").symlink_to(data)
+    cfg.update(train_ann="data/annotations/train.json", train_images="data/train", val_ann="data/annotations/val.json", val_images="data/val")
+    (legacy / "config.json").write_text(json.dumps(cfg))
+    save_file(load_file(run / "model.safetensors"), legacy / "model.safetensors", metadata={"model": cfg["model"]})
+    monkeypatch.chdir(tmp_path / "proj" / "runs")  # neither the project folder nor the run folder
+    t = load_trained(legacy)
+    assert t.name == "retinanet_spinenet49s" and t.image_size == 96
+    assert t.label_names == read_model_metadata(run)["info"]["label_names"]
