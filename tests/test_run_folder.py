@@ -105,3 +105,44 @@ def test_legacy_model_file_with_relative_paths(run, tmp_path, monkeypatch):
     t = load_trained(legacy)
     assert t.name == "retinanet_spinenet49s" and t.image_size == 96
     assert t.label_names == read_model_metadata(run)["info"]["label_names"]
+
+
+def _gt(boxes_by_cat):
+    from pycocotools.coco import COCO
+
+    anns = [{"id": i + 1, "image_id": 1, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+            for i, (c, b) in enumerate(boxes_by_cat)]
+    coco = COCO()
+    coco.dataset = {"images": [{"id": 1, "width": 200, "height": 200, "file_name": "a.png"}], "annotations": anns,
+                    "categories": [{"id": 1, "name": "tree"}, {"id": 5, "name": "car"}]}
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def test_eval_table_names_each_class_and_dashes_sizes_without_objects():
+    from torchspine.engine.evaluate import coco_metrics, format_table
+
+    # two small objects (area < 32^2): COCO has no medium or large ground truth -> "-" (pycocotools' -1)
+    gt = _gt([(1, [10, 10, 20, 20]), (5, [100, 100, 20, 20])])
+    m = coco_metrics(gt, [])  # no detections at all
+    assert m["AP"] == 0.0 and m["APm"] == -1.0 and m["APl"] == -1.0
+    # a perfect detection of the tree only: AP(tree) = 1, AP(car) = 0, mean 0.5
+    m = coco_metrics(gt, [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9}])
+    assert m["per_class_AP"] == pytest.approx({"1": 1.0, "5": 0.0}) and m["AP"] == pytest.approx(0.5)
+    table = format_table(m, {"1": "tree", "5": "car"})
+    lines = table.splitlines()
+    assert lines[1].split()[-2:] == ["-", "-"]  # APm, APl
+    assert lines[-2].split() == ["tree", "1", "100.0"] and lines[-1].split() == ["car", "5", "0.0"]
+
+
+def test_label_text_is_readable_on_every_box_colour():
+    from torchspine.analysis.visualize import PALETTE, _luminance, text_color
+
+    for c in PALETTE:
+        fg = text_color(c)
+        hi, lo = sorted((_luminance(c), _luminance(fg)), reverse=True)
+        assert (hi + 0.05) / (lo + 0.05) >= 4.5, c  # WCAG 2 AA contrast for normal text
