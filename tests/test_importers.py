@@ -126,3 +126,21 @@ def test_data_import_command_writes_checked_coco(tmp_path, capsys):
                "--out", str(tmp_path / "bad.json")])
     assert rc == 1 and not (tmp_path / "bad.json").exists()
     assert "box_outside_image" in capsys.readouterr().out
+
+
+def test_voc_and_csv_of_the_walkthrough_dataset_agree(tmp_path):
+    """The walk-through's dataset script writes the same boxes as VOC (1-based inclusive corners) and
+    CSV (pixel edges); both importers must give identical COCO boxes."""
+    pytest.importorskip("skimage")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mk", Path(__file__).parents[1] / "scripts" / "make_hubble_dataset.py")
+    mk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mk)
+    counts = mk.make(tmp_path)
+    for split in ("train", "val"):
+        voc = import_voc(tmp_path / split / "voc", tmp_path / split)
+        csv_ = import_csv(tmp_path / split / "boxes.csv", tmp_path / split)
+        assert voc.ok and csv_.ok
+        assert len(voc.coco["annotations"]) == counts[split] > 50
+        assert [a["bbox"] for a in voc.coco["annotations"]] == [a["bbox"] for a in csv_.coco["annotations"]]
