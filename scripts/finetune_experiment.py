@@ -86,7 +86,8 @@ def main() -> None:
               flush=True)
     full_val = json.loads((data / "val.json").read_text())
     from pycocotools.coco import COCO
-    import contextlib, io
+    import contextlib
+    import io
 
     gt = COCO()
     gt.dataset = full_val

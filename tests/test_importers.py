@@ -134,7 +134,8 @@ def test_voc_and_csv_of_the_walkthrough_dataset_agree(tmp_path):
     pytest.importorskip("skimage")
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("mk", Path(__file__).parents[1] / "scripts" / "make_hubble_dataset.py")
+    script = Path(__file__).parents[1] / "scripts" / "make_hubble_dataset.py"
+    spec = importlib.util.spec_from_file_location("mk", script)
     mk = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mk)
     counts = mk.make(tmp_path)

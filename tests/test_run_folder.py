@@ -57,7 +57,8 @@ def test_predict_export_eval_from_another_folder(run, tmp_path, monkeypatch, cap
     images = run.parent.parent / "data" / "val"
     assert main(["predict", str(images), "--weights", str(run), "--out", "pred", "--score-thresh", "0.0"]) == 0
     dets = json.loads(Path("pred/detections.json").read_text())
-    names = {c["id"]: c["name"] for c in json.loads((run.parent.parent / "data" / "annotations" / "val.json").read_text())["categories"]}
+    val_ann = run.parent.parent / "data" / "annotations" / "val.json"
+    names = {c["id"]: c["name"] for c in json.loads(val_ann.read_text())["categories"]}
     assert dets and all(d["category_name"] == names[d["category_id"]] for d in dets)
     # image ids from the annotation file, matched by file name
     val = json.loads((run.parent.parent / "data" / "annotations" / "val.json").read_text())
@@ -98,7 +99,8 @@ def test_legacy_model_file_with_relative_paths(run, tmp_path, monkeypatch):
     cfg = json.loads((run / "config.json").read_text())
     data = run.parent.parent / "data"
     (tmp_path / "proj" / "data").symlink_to(data)
-    cfg.update(train_ann="data/annotations/train.json", train_images="data/train", val_ann="data/annotations/val.json", val_images="data/val")
+    cfg.update(train_ann="data/annotations/train.json", train_images="data/train",
+               val_ann="data/annotations/val.json", val_images="data/val")
     (legacy / "config.json").write_text(json.dumps(cfg))
     save_file(load_file(run / "model.safetensors"), legacy / "model.safetensors", metadata={"model": cfg["model"]})
     monkeypatch.chdir(tmp_path / "proj" / "runs")  # neither the project folder nor the run folder

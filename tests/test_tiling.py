@@ -64,7 +64,8 @@ def test_tile_dataset_writes_tiles_and_clipped_boxes(tmp_path):
     assert len(out["images"]) == 6
     by_name = {i["file_name"]: i["id"] for i in out["images"]}
     got = {a["image_id"]: a["bbox"] for a in out["annotations"]}
-    assert got == {by_name["big_x0_y0.png"]: [100.0, 10.0, 28.0, 20.0], by_name["big_x128_y0.png"]: [0.0, 10.0, 12.0, 20.0]}
+    assert got == {by_name["big_x0_y0.png"]: [100.0, 10.0, 28.0, 20.0],
+                   by_name["big_x128_y0.png"]: [0.0, 10.0, 12.0, 20.0]}
 
 
 def test_data_tile_command(tmp_path, capsys):
@@ -74,7 +75,8 @@ def test_data_tile_command(tmp_path, capsys):
                str(tmp_path / "t"), "--tile", "128", "--overlap", "0"])
     assert rc == 0
     assert "1 tiles of 128 px from 1 images, 1 boxes" in capsys.readouterr().out
-    assert main(["data", "check", str(tmp_path / "t" / "annotations.json"), "--images", str(tmp_path / "t" / "images")]) == 0
+    tiles = tmp_path / "t"
+    assert main(["data", "check", str(tiles / "annotations.json"), "--images", str(tiles / "images")]) == 0
 
 
 def test_merge_nms_and_weighted():
@@ -106,7 +108,8 @@ class _BrightBoxDetector(nn.Module):
                 box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
                 out.append({"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([1])})
             else:
-                out.append({"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)})
+                out.append({"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+                            "labels": torch.zeros(0, dtype=torch.long)})
         return out
 
 

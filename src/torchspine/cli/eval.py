@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     source = args.run or args.weights
     cfg: dict = load_run_config(args.run) if args.run else {}
     if args.run and not cfg and not (Path(args.run) / "model.safetensors").exists():
-        raise FileNotFoundError(f"{Path(args.run) / 'config.json'} not found: is {args.run!r} a training output folder?")
+        raise FileNotFoundError(f"{Path(args.run) / 'config.json'} not found: is {args.run!r} a training output "
+                                f"folder?")
     if args.ann:
         if not args.images:
             raise ValueError("--ann needs --images")

@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=0.2, metavar="FRACTION",
                    help="--tile: overlap of neighbouring tiles; make it larger than the objects (default %(default)s)")
     p.add_argument("--merge", choices=("nms", "weighted"), default="nms",
-                   help="--tile: merge boxes across tiles by class-wise NMS or a score-weighted mean (default %(default)s)")
+                   help="--tile: merge boxes across tiles by class-wise NMS or a score-weighted mean "
+                        "(default %(default)s)")
     p.add_argument("--merge-iou", type=float, default=0.5, help="--tile: IoU above which boxes are merged")
     p.add_argument("--ann", default=None,
                    help="COCO annotation file listing the inputs: its image ids are used in detections.json")

@@ -142,7 +142,8 @@ def format_table(metrics: dict[str, Any], class_names: dict[str, str] | None = N
         width = max(12, *(len(str(names.get(c, c))) for c in per_class))
         lines.append(f"{'class':<{width}} {'id':>4} {'AP':>6}")
         for cat, ap in per_class.items():
-            lines.append(f"{str(names.get(cat, cat)):<{width}} {cat:>4} " + (f"{100 * ap:6.1f}" if ap >= 0 else f"{'-':>6}"))
+            value = f"{100 * ap:6.1f}" if ap >= 0 else f"{'-':>6}"
+            lines.append(f"{str(names.get(cat, cat)):<{width}} {cat:>4} {value}")
     return "\n".join(lines)
 
 

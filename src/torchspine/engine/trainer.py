@@ -323,7 +323,8 @@ def _train(cfg: TrainConfig, info: DistInfo, model: nn.Module | None,
     if info.is_main:
         assert final is not None
         final_model = ema.module if ema is not None else unwrap(model)
-        save_trained(final_model, out / "model.safetensors", trained_model_info(cfg, train_ds, metrics=final, steps=step))
+        save_trained(final_model, out / "model.safetensors",
+                     trained_model_info(cfg, train_ds, metrics=final, steps=step))
         result = {**final, "steps": step, "train_seconds": train_seconds,
                   "images_per_second": images_seen / max(train_seconds, 1e-9), "num_train_images": len(train_ds),
                   "corrupt_images_skipped": train_ds.num_corrupt, "output_dir": str(out), "evals": evals}
