@@ -94,8 +94,85 @@ def test_train_and_eval_commands_reach_classification(tmp_path: Path, capsys: py
                  "--image-size", "32", "--out", str(out), "--num-workers", "0", "--device", "cpu",
                  "--set", 'model_overrides={"filter_size_scale": 0.125, "endpoints_num_filters": 8}',
                  "--set", "warmup_epochs=0"]) == 0
-    assert (out / "model.safetensors").is_file() and (out / "last.pt").is_file()
+    assert (out / "model.safetensors").is_file() and (out / "checkpoint.pt").is_file()
     capsys.readouterr()
     assert main(["eval", "--task", "classify", "--data", str(data), str(out), "--device", "cpu"]) == 0
     assert "top-1" in capsys.readouterr().out
     assert main(["train", "--task", "classify"]) == 2  # no --data: a clear error, exit code 2
+
+
+def _tiny_cfg(data: Path, out: Path, **over) -> ClassifyConfig:
+    base = dict(data=str(data), model="spinenet49_cls",
+                model_overrides={"filter_size_scale": 0.125, "endpoints_num_filters": 8, "drop_rate": 0.2},
+                out_dir=str(out), image_size=32, batch_size=4, epochs=2, base_lr=0.4, warmup_epochs=0,
+                min_scale=0.3, workers=0, ema_decay=0.5, checkpoint_interval=1)
+    base.update(over)
+    return ClassifyConfig(**base)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_classifier_resume_after_a_crash_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+
+    import torchspine.engine.classification as cls
+
+    data = tmp_path / "d"
+    make_shapes_dataset(data, num_classes=2, train_per_class=4, val_per_class=2, image_size=32)
+    train_classifier(_tiny_cfg(data, tmp_path / "full"))  # 2 epochs x 2 steps
+
+    original = cls._classification_loss
+    calls = {"n": 0}
+
+    def crashing(device, criterion):  # noqa: ANN001, ANN202
+        inner = original(device, criterion)
+
+        def loss(model, batch):  # noqa: ANN001, ANN202
+            calls["n"] += 1
+            if calls["n"] == 4:  # dies inside step 4 (the second epoch), checkpoint of step 3 kept
+                raise _Crash()
+            return inner(model, batch)
+
+        return loss
+
+    monkeypatch.setattr(cls, "_classification_loss", crashing)
+    with pytest.raises(_Crash):
+        train_classifier(_tiny_cfg(data, tmp_path / "crashed"))
+    monkeypatch.setattr(cls, "_classification_loss", original)
+    # Before: the loader was re-seeded on resume (the epoch's order and crops repeated) and
+    # dropout / RandomResizedCrop draws came from a restarted stream.
+    result = train_classifier(_tiny_cfg(data, tmp_path / "crashed", resume=True))
+    a = load_file(tmp_path / "full" / "model.safetensors")
+    b = load_file(tmp_path / "crashed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert result["steps"] == 4
+
+
+def test_classifier_nan_raises_the_detector_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchspine.engine.classification as cls
+    from torchspine.engine.loop import NonFiniteLossError
+
+    data = tmp_path / "d"
+    make_shapes_dataset(data, num_classes=2, train_per_class=4, val_per_class=2, image_size=32)
+    original = cls._classification_loss
+
+    def poisoned(device, criterion):  # noqa: ANN001, ANN202
+        inner = original(device, criterion)
+        calls = {"n": 0}
+
+        def loss(model, batch):  # noqa: ANN001, ANN202
+            calls["n"] += 1
+            value = inner(model, batch)
+            return value * float("nan") if calls["n"] == 2 else value
+
+        return loss
+
+    monkeypatch.setattr(cls, "_classification_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match="at step 2") as e:
+        train_classifier(_tiny_cfg(data, tmp_path / "nan"))
+    assert e.value.step == 2
+    assert (tmp_path / "nan" / "checkpoint.pt").is_file()  # the step-1 checkpoint is kept

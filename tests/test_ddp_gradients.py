@@ -1,10 +1,13 @@
-"""DDP on CPU computes the gradient of the single-process loss (issue #4, item 4).
+"""DDP on CPU computes the gradient of the single-process loss, with every random feature on.
 
 Two gloo processes, each with half of a global batch of 4 images, wrapped exactly as the
 trainer wraps them (``convert_batchnorm`` -> all-reduce BN, ``globalize_loss_normalizer``,
 ``DistributedDataParallel``), against one process on the whole batch. In float64 the
 gradients must agree to round-off: a per-process BN statistic or loss normaliser, or a wrong
-gradient through the cross-process BN, changes them by percents. (float32 is not used here:
+gradient through the cross-process BN, changes them by percents. Stochastic depth and
+DropBlock are on, with their noise keyed by sample (``sample_noise``, as the trainer does): the
+masks follow the samples, so one process and two draw the same ones; with the global RNG each
+process would draw its own and the gradients would differ completely. (float32 is not used here:
 at initialisation the tiny model's backbone gradients come from heavy cancellation inside the
 BN backward, so float32 summation order alone moves them by up to tens of percent; measured.)
 """
@@ -22,12 +25,18 @@ from torch import nn
 
 from torchspine import create_model
 from torchspine.engine.distributed import convert_batchnorm, globalize_loss_normalizer
+from torchspine.layers.dropout import add_dropblock, sample_noise
+
+SEEDS = [11, 22, 33, 44]  # one per sample of the global batch
 
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return create_model("retinanet_spinenet49s", num_classes=4, image_size=64, filter_size_scale=0.125,
-                        endpoints_num_filters=16, head_num_filters=16, head_num_convs=1, momentum=0.9)
+    model = create_model("retinanet_spinenet49s", num_classes=4, image_size=64, filter_size_scale=0.125,
+                         endpoints_num_filters=16, head_num_filters=16, head_num_convs=1, momentum=0.9,
+                         stochastic_depth_rate=0.5)
+    assert add_dropblock(model, block_size=3, keep_prob=0.8) > 0
+    return model
 
 
 def _batch():
@@ -49,7 +58,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         ddp.train()
         images, targets = _batch()
         part = slice(rank * 2, rank * 2 + 2)
-        sum(ddp(images[part], targets[part]).values()).backward()
+        with sample_noise(SEEDS[part]):
+            sum(ddp(images[part], targets[part]).values()).backward()
         if rank == 0:
             torch.save({k: p.grad for k, p in model.named_parameters() if p.grad is not None}, out)
     finally:
@@ -66,7 +76,8 @@ def _free_port() -> int:
 def test_two_process_gradients_equal_one_process_float64(tmp_path):
     model = _model().double().train()
     images, targets = _batch()
-    sum(model(images, targets).values()).backward()
+    with sample_noise(SEEDS):
+        sum(model(images, targets).values()).backward()
     ref = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
 
     out = str(tmp_path / "grads.pt")

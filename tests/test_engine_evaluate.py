@@ -1,4 +1,4 @@
-"""COCO evaluation (pycocotools) on hand-made detections (issue 4, item 6)."""
+"""COCO evaluation (pycocotools) on hand-made detections."""
 
 import contextlib
 import io

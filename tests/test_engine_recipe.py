@@ -1,5 +1,5 @@
 """The recipe pieces: conv-only weight decay, warmup + step / cosine schedules, linear lr
-scaling, EMA, recipe files validated field by field (issue 4, item 3)."""
+scaling, EMA, recipe files validated field by field."""
 
 import json
 import math
@@ -92,7 +92,7 @@ def test_packaged_recipes_load_and_carry_the_official_numbers():
     for name in names:
         load_config(name)  # every field validated
     c = load_config("retinanet_spinenet49_protocol_c")
-    # reference section 8 (TPU yaml): 231500 steps, decays at 217610 / 226870, lr 0.28 at batch 256
+    # tensorflow/tpu models/official/detection/configs/spinenet/spinenet49_retinanet.yaml: 231500 steps, decays at 217610 / 226870, lr 0.28 at batch 256
     assert (c.max_steps, c.decay_steps, c.lr, c.batch_size) == (231500, (217610, 226870), 0.28, 256)
     assert c.weight_decay == 4e-5 and c.grad_clip_norm == 10.0 and c.stochastic_depth_rate == 0.2
     assert not c.dropblock

@@ -45,9 +45,12 @@ def test_model_file_carries_classes_names_and_image_size(run):
     data = json.loads((run.parent.parent / "data" / "annotations" / "train.json").read_text())
     cats = {c["id"]: c["name"] for c in data["categories"]}
     info = meta["info"]
-    assert info["image_size"] == 96 and info["num_classes"] == max(cats) + 1
-    assert [info["label_names"][i] for i in cats] == [cats[i] for i in cats]
-    assert [info["category_ids"][i] for i in cats] == list(cats)
+    # labels 1..K in ascending category id order; label L is category_ids[L - 1], named label_names[L - 1]
+    assert info["image_size"] == 96 and info["num_classes"] == len(cats) + 1
+    assert info["category_ids"] == sorted(cats) and info["label_names"] == [cats[i] for i in sorted(cats)]
+    t = load_trained(run)
+    assert [t.category_id(label) for label in range(1, len(cats) + 1)] == sorted(cats)
+    assert t.label_names[1:] == [cats[i] for i in sorted(cats)]
     cfg = json.loads((run / "config.json").read_text())
     assert Path(cfg["train_ann"]).is_absolute() and Path(cfg["val_images"]).is_absolute()
 
@@ -106,7 +109,10 @@ def test_legacy_model_file_with_relative_paths(run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "proj" / "runs")  # neither the project folder nor the run folder
     t = load_trained(legacy)
     assert t.name == "retinanet_spinenet49s" and t.image_size == 96
-    assert t.label_names == read_model_metadata(run)["info"]["label_names"]
+    # such runs trained on the file's category ids as labels (num_classes = largest id + 1)
+    cats = {c["id"]: c["name"] for c in json.loads((data / "annotations" / "train.json").read_text())["categories"]}
+    assert t.num_classes == max(cats) + 1
+    assert all(t.label_names[i] == name and t.category_id(i) == i for i, name in cats.items())
 
 
 def _gt(boxes_by_cat):

@@ -102,8 +102,8 @@ def test_filters_truncate_like_the_reference() -> None:
         (lambda: _with_block(9, is_output=True), ["block 12", "second output at level 5", "block 9"]),
         # a missing output level: block 13 (P7) is no longer an output.
         (lambda: _with_block(13, is_output=False), ["no output block for level(s) [7]"]),
-        # an unknown block type.
-        (lambda: _with_block(2, block_type="transformer"), ["block 2", "unknown block type 'transformer'"]),
+        # an unknown block type: the block rejects it when made (its level names it).
+        (lambda: _with_block(2, block_type="transformer"), ["block (level 3)", "unknown block type 'transformer'"]),
         # non-positive scales.
         (lambda: _spec(scaling=ScalingSpec(filter_size_scale=0.0)), ["filter_size_scale", "positive", "0.0"]),
         (lambda: _spec(scaling=ScalingSpec(filter_size_scale=-0.5)), ["filter_size_scale", "positive", "-0.5"]),
@@ -126,7 +126,9 @@ def test_validation_names_block_and_problem(spec, words) -> None:
     with pytest.raises(ValueError) as err:
         spec().validate()
     msg = str(err.value)
-    assert msg.startswith("spec spinenet49:"), msg
+    # Spec-level problems name the spec; a block or a section (scaling / norm / stem) rejects
+    # its own fields when it is made, before any spec holds it.
+    assert msg.startswith(("spec spinenet49:", "block (", "scaling.", "norm.", "stem.")), msg
     for w in words:
         assert w in msg, f"{w!r} not in {msg!r}"
 
@@ -237,3 +239,106 @@ def test_stochastic_depth_rate_per_block() -> None:
     s16 = s.replace(stochastic_depth_denominator=16)
     assert s16.drop_path_rate(14) == pytest.approx(0.2 * 15 / 16)
     assert spinenet_spec("49").drop_path_rate(14) == 0.0  # only if 0 < init < 1
+
+
+# ------------------------------------------------------- checked on construction (typed)
+@pytest.mark.parametrize("make, words", [
+    (lambda: BlockSpec(3, "bottleneck", 5), ["input_offsets", "5"]),
+    (lambda: BlockSpec("3", "bottleneck", (0, 1)), ["level", "'3'"]),
+    (lambda: BlockSpec(3, "bottleneck", (0, 1), "false"), ["is_output", "'false'"]),
+    (lambda: NormSpec(momentum="x"), ["momentum", "'x'"]),
+    (lambda: ScalingSpec(block_repeats=1.5), ["block_repeats", "1.5"]),
+    (lambda: StemSpec(kind="vit"), ["stem.kind", "'vit'"]),
+    (lambda: _spec(min_level="3"), ["spec spinenet49", "min_level", "'3'"]),
+    (lambda: _spec(zero_outdegree_connections="yes"), ["zero_outdegree_connections", "'yes'"]),
+    (lambda: _spec(resample="bilinear"), ["resample", "'bilinear'"]),
+    # an output block outside [min_level, max_level]: block 0 (L2) marked as output.
+    (lambda: _with_block(0, is_output=True), ["block 0", "output block at level 2", "outside [min_level=3"]),
+])
+def test_no_unchecked_spec_can_exist(make, words):
+    with pytest.raises(ValueError) as err:
+        make()
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda d: d["blocks"][3].update(input_offsets=5), ["x.json: blocks[3]", "input_offsets", "5"]),
+    (lambda d: d["blocks"][11].update(is_output="false"), ["x.json: blocks[11]", "is_output", "'false'"]),
+    (lambda d: d["blocks"][2].update(colour="red"), ["x.json: blocks[2]", "unknown key", "colour"]),
+    (lambda d: d["norm"].update(momentum="x"), ["x.json", "norm", "momentum", "'x'"]),
+    (lambda d: d["norm"].update(decay=0.9), ["x.json", "unknown key", "decay", "'norm'"]),
+    (lambda d: d.update(min_level="3"), ["x.json", "min_level", "'3'"]),
+    (lambda d: d.update(blocks=5), ["x.json", "blocks", "list"]),
+])
+def test_json_type_errors_name_the_file_block_and_field(mutate, words):
+    d = json.loads(spinenet_spec("49").to_json())
+    mutate(d)
+    with pytest.raises(ValueError) as err:
+        SpineNetSpec.from_dict(d, source="x.json")
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+
+
+def test_literal_field_types():
+    import typing
+
+    from torchspine.specs.spec import Activation, Padding
+
+    hints = typing.get_type_hints(SpineNetSpec)
+    assert hints["activation"] == Activation and typing.get_args(Activation) == ("relu", "swish", "hard_swish")
+    assert hints["padding"] == Padding and typing.get_args(Padding) == ("symmetric", "same")
+
+
+def test_block_types_are_open():
+    from torchspine.specs import BLOCK_TYPE_CODES, register_block_type
+
+    with pytest.raises(ValueError, match="'fancy'"):
+        BlockSpec(3, "fancy", (0, 1))
+    register_block_type("fancy", "f")
+    try:
+        blocks = list(SPINENET_BLOCKS)
+        blocks[2] = dataclasses.replace(blocks[2], block_type="fancy")
+        spec = _spec(blocks=tuple(blocks))
+        assert ",3f2.3," in spec.to_genome()
+        assert SpineNetSpec.from_genome(spec.to_genome()) == spec
+        with pytest.raises(ValueError, match="already used by block type 'fancy'"):
+            register_block_type("other", "f")
+    finally:
+        BLOCK_TYPE_CODES.pop("fancy")
+
+
+def test_codebase_flavours_come_from_one_table():
+    from torchspine.interop.convert import CODEBASE_DEFAULTS
+    from torchspine.specs import CODEBASE_FLAVORS, codebase_overrides
+    from torchspine.specs.mobile import mobile_spec
+
+    # tensorflow/tpu: BN 0.997 / 1e-4, symmetric padding; Model Garden: 0.99 / 1e-3, 'SAME' padding.
+    assert codebase_overrides("tpu") == {"padding": "symmetric", "momentum": 0.997, "epsilon": 1e-4}
+    assert codebase_overrides("mg") == {"padding": "same", "momentum": 0.99, "epsilon": 1e-3}
+    assert CODEBASE_DEFAULTS is CODEBASE_FLAVORS
+    default = spinenet_spec("49")
+    assert (default.norm, default.padding) == (NormSpec(0.997, 1e-4), "symmetric")
+    mg = mobile_spec("49", flavor="mg")
+    assert (mg.norm, mg.padding) == (NormSpec(0.99, 1e-3), "same")
+    tpu = mobile_spec("49", flavor="tpu")
+    assert (tpu.norm, tpu.padding) == (NormSpec(0.997, 1e-4), "symmetric")
+
+
+def test_genome_with_non_default_levels_round_trips():
+    # The genome codec must not build a default-level spec on the way (it would be invalid).
+    base = spinenet_spec("49")
+    blocks = list(base.blocks)
+    blocks[13] = dataclasses.replace(blocks[13], is_output=False)  # no P7 output
+    spec = base.replace(blocks=tuple(blocks), max_level=6)
+    assert SpineNetSpec.from_genome(spec.to_genome()) == spec
+
+
+def test_numpy_numbers_are_accepted_and_stored_as_python_numbers():
+    import numpy as np
+
+    b = BlockSpec(np.int64(3), "bottleneck", np.array([0, 1]).tolist(), np.bool_(True))
+    assert (type(b.level), b.input_offsets, type(b.is_output)) == (int, (0, 1), bool)
+    n = NormSpec(np.float32(0.5), 1e-3)
+    assert type(n.momentum) is float and n.momentum == 0.5
+    assert json.loads(_spec(min_level=np.int64(3)).to_json())["min_level"] == 3

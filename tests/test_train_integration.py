@@ -1,6 +1,7 @@
 """Real training runs, tiny: DDP with two processes equals one process, SIGKILL + --resume
-equals an uninterrupted run, a NaN loss stops with its step and keeps the last good
-checkpoint (issue 4, items 4 and 5)."""
+equals an uninterrupted run bit for bit with the recipes' random features on (stochastic
+depth, DropBlock, scale jitter, flips, EMA), a NaN loss stops with its step and keeps the
+last good checkpoint."""
 
 import json
 import os
@@ -44,6 +45,12 @@ def _recipe(tmp_path, data, name, **over):
     return path
 
 
+# Every random feature of the paper's recipes (protocol C: stochastic depth 0.2; protocol A:
+# DropBlock 3 / 0.9; scale jitter and flips) plus an EMA of the weights.
+RANDOM_FEATURES = {"stochastic_depth_rate": 0.2, "dropblock": True, "ema_decay": 0.9, "hflip_prob": 0.5,
+                   "scale_jitter": [0.5, 2.0]}
+
+
 def _env():
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("WORLD_SIZE", None)
@@ -57,7 +64,9 @@ def _losses(run_dir):
 def test_two_processes_equal_one_process(tmp_path, tiny_data):
     # A small learning rate keeps early training out of its chaotic regime, so float summation
     # order (all-reduce) cannot be amplified; a wrong gradient would still show in the updates.
-    over = dict(lr=0.004, warmup_steps=0, max_steps=4)
+    # Every random feature on: their noise is keyed by sample, so the split across processes
+    # does not change it.
+    over = dict(lr=0.004, warmup_steps=0, max_steps=4, **RANDOM_FEATURES)
     one = _recipe(tmp_path, tiny_data, "one", **over)
     two = _recipe(tmp_path, tiny_data, "two", **over)
     subprocess.run([sys.executable, "-m", "torchspine", "train", "--config", str(one)], check=True, env=_env(),
@@ -86,8 +95,11 @@ def _ckpt_step(path):
 
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path, tiny_data):
     steps = 8
-    full = _recipe(tmp_path, tiny_data, "full", max_steps=steps)
-    killed = _recipe(tmp_path, tiny_data, "killed", max_steps=steps, checkpoint_interval=1)
+    # 16 images / batch 4: two epochs, so the resume may land in either and cross a boundary;
+    # a worker process too (its RNG restarts on resume: samples must not depend on it).
+    full = _recipe(tmp_path, tiny_data, "full", max_steps=steps, num_workers=1, **RANDOM_FEATURES)
+    killed = _recipe(tmp_path, tiny_data, "killed", max_steps=steps, checkpoint_interval=1, num_workers=1,
+                     **RANDOM_FEATURES)
     subprocess.run([sys.executable, "-m", "torchspine", "train", "--config", str(full)], check=True, env=_env(),
                    timeout=600)
     kill_after = random.Random().randint(1, steps - 3)  # a random step
@@ -132,3 +144,34 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, tiny_data):
     assert e.value.step == 3
     assert _ckpt_step(tmp_path / "nan" / "checkpoint.pt") == 2  # the last good one
     assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.slow  # ~22 s on a shared 2-core machine
+def test_maskrcnn_resume_is_exact_with_sampling_and_every_random_feature(tmp_path, tiny_data):
+    # Mask R-CNN's RPN and box samplers draw from the global torch RNG (torchvision's
+    # BalancedPositiveNegativeSampler): the checkpoint carries that stream; the rest is keyed
+    # by sample. The run stops inside step 3 (an exception here; SIGKILL above) and resumes.
+    model = {"filter_size_scale": 0.125, "endpoints_num_filters": 16, "rpn_num_filters": 16,
+             "head_num_filters": 16, "head_num_convs": 1, "fc_dims": 32, "mask_num_convs": 1}
+    over = dict(model="maskrcnn_spinenet49s", model_overrides=model, max_steps=4, checkpoint_interval=1,
+                **RANDOM_FEATURES)
+    full = TrainConfig.from_dict(json.loads(_recipe(tmp_path, tiny_data, "mfull", **over).read_text()))
+    cut = TrainConfig.from_dict(json.loads(_recipe(tmp_path, tiny_data, "mcut", **over).read_text()))
+    train(full)
+
+    def stop(step, _):  # noqa: ANN001, ANN202
+        if step == 2:
+            raise _Stop()
+
+    with pytest.raises(_Stop):
+        train(cut, on_step=stop)
+    train(cut.replace(resume=True))
+    a = load_file(tmp_path / "mfull" / "model.safetensors")
+    b = load_file(tmp_path / "mcut" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _losses(tmp_path / "mcut") == _losses(tmp_path / "mfull")

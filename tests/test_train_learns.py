@@ -1,5 +1,5 @@
-"""A short real training on the built-in dataset beats random weights by a wide margin
-(issue 4, tests). Small enough for the default suite: 8 images of 128 px, 100 steps (about a
+"""A short real training on the built-in dataset beats random weights by a wide margin.
+Small enough for the default suite: 8 images of 128 px, 100 steps (about a
 minute on one core), scored on the images it trained on (a check that the whole pipeline
 learns: data, transforms, loss, optimizer, evaluation; the demo measures generalisation)."""
 

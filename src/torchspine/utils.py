@@ -1,22 +1,64 @@
-"""Small shared helpers: atomic file writes, JSON files read with errors that name the file."""
+"""Small shared helpers: atomic file writes with errors that name the file, stale temporary
+files, JSON files read with errors that name the file."""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+logger = logging.getLogger(__name__)
+
+# Below this much free space, a failed write is reported as a full disk (torch.save and
+# safetensors report a full disk as "unexpected pos ..." or "file write failed").
+_LOW_SPACE_BYTES = 64 * 2**20
+
+
+def _tmp_glob(path: Path) -> str:
+    return f".{path.name}.*.tmp"
+
+
+def _write_error(path: Path, e: BaseException) -> OSError | None:
+    """A clear ``OSError`` for a failed write of ``path``, or ``None`` to re-raise ``e`` as it is."""
+    code = getattr(e, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return OSError(errno.ENOSPC, f"no space left on device while writing {path}; the previous file, "
+                                     "if any, is unchanged")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OSError(code, f"cannot write {path}: {os.strerror(code).lower()} (is the folder "
+                             f"{path.parent} writable?)")
+    if isinstance(e, RuntimeError):  # torch.save / safetensors wrap the OSError
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            return None
+        if free < _LOW_SPACE_BYTES:
+            return OSError(errno.ENOSPC, f"no space left on device while writing {path} ({free} bytes free; "
+                                         f"{e}); the previous file, if any, is unchanged")
+    return None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
 
-    A crash mid-write leaves the previous file intact (rename is atomic on POSIX).
+    A crash mid-write leaves the previous file intact (rename is atomic on POSIX). A full disk
+    or a folder that cannot be written raises ``OSError`` naming ``path`` and the cause; the
+    temporary file is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        clear = _write_error(path, e)
+        if clear is not None:
+            raise clear from e
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
     os.close(fd)
     try:
         write(tmp)
@@ -27,9 +69,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        clear = _write_error(path, e) if isinstance(e, (OSError, RuntimeError)) else None
+        if clear is not None:
+            raise clear from e
         raise
 
 
@@ -41,12 +86,35 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, _write)
 
 
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_write` left beside ``path`` when a process was
+    killed mid-write (``.<name>.*.tmp``); returns the removed paths. Call it only when no other
+    process is writing ``path`` (for example when a run starts or resumes)."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for tmp in path.parent.glob(_tmp_glob(path)):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError as e:
+            logger.warning("could not remove stale temporary file %s: %s", tmp, e)
+    if removed:
+        logger.info("removed %d stale temporary file(s) of %s left by an interrupted write", len(removed), path)
+    return removed
+
+
 def read_json(path: str | os.PathLike, *, what: str = "file") -> Any:
     """Parse a JSON file; a missing file or bad JSON raises an error naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a folder, not a JSON file")
     if not path.is_file():
         raise FileNotFoundError(f"{what} {str(path)!r} not found")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text (JSON) file ({e})") from e
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e

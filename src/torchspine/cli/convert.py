@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+
+from torchspine.cli.common import add_set_argument, parse_set
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,29 +19,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation", choices=("relu", "swish", "hard_swish"), default=None,
                    help="the activation the checkpoint was trained with (checkpoints do not record it; "
                         "official RetinaNet yamls use swish)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=JSON",
-                   help="extra model/spec override, e.g. --set num_classes=91 (repeatable)")
+    add_set_argument(p, help="extra model/spec override, e.g. --set num_classes=91 (repeatable)")
     p.add_argument("--tf-python", default=None,
                    help="Python interpreter with TensorFlow, if this one has none (or TORCHSPINE_TF_PYTHON)")
-
-
-def _parse_sets(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
     from torchspine.interop.convert import convert_checkpoint, save_converted
 
-    overrides = _parse_sets(args.sets)
+    overrides = parse_set(args.sets)
     if args.activation:
         overrides["activation"] = args.activation
     try:

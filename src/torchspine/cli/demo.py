@@ -1,4 +1,4 @@
-"""``torchspine demo``: the built-in end-to-end demo (issue 4, item 8).
+"""``torchspine demo``: the built-in end-to-end demo.
 
 Prints the family's profile table, generates the built-in synthetic dataset, trains a small
 SpineNet-49S RetinaNet on it on the CPU (about ten minutes on 2 cores), evaluates it with
@@ -14,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+from torchspine.cli.common import add_device_argument
 from torchspine.utils import atomic_write, atomic_write_text
 
 RECIPE = "demo_synth"
@@ -23,10 +24,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
     p.add_argument("--num-images", type=int, default=6, help="validation images drawn with predictions")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda (default: the recipe's, cpu)")
+    add_device_argument(p, default=None)  # default: the recipe's (cpu)
     p.add_argument("--num-threads", type=int, default=None, help="CPU threads")
     p.add_argument("--no-profile", action="store_true", help="skip the profile table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+FAMILY = ("spinenet49s", "spinenet49", "spinenet96", "spinenet143", "spinenet190")
+
+
+def _print_family_profile() -> None:
+    """One line per backbone: parameters and multiply-adds at its published size (built on
+    the meta device: no memory, no time), beside the official parameter count."""
+    import torch
+
+    from torchspine.analysis.profile import PUBLISHED, profile_model
+    from torchspine.models.registry import create_model
+
+    print(f"{'model':<14} {'size':>5} {'params':>13} {'official':>13} {'MACs':>9}")
+    for name in FAMILY:
+        pub = PUBLISHED.get(name)
+        size = pub.size if pub else 640
+        with torch.device("meta"):
+            model = create_model(name)
+        prof = profile_model(model, name, size)
+        official = f"{pub.params:,}" if pub and pub.params else "-"
+        print(f"{name:<14} {size:>5} {prof.params:>13,} {official:>13} {prof.macs / 1e9:>8.2f}B")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,12 +67,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if not args.no_profile:
-        from torchspine.cli import profile
-
         print("== SpineNet family: parameters and multiply-adds ==")
-        profile_parser = argparse.ArgumentParser()
-        profile.add_arguments(profile_parser)  # the profile command's own defaults
-        profile.run(profile_parser.parse_args([]))
+        _print_family_profile()
     print(f"\n== built-in dataset -> {out / 'data'} ==")
     paths = ensure_synth(out / "data")
     over: dict = {"output_dir": str(out / "train"), "train_ann": str(paths["train_ann"]),
@@ -73,15 +92,11 @@ def run(args: argparse.Namespace) -> int:
         shutil.copyfile(out / "train" / "curves.png", out / "curves.png")
 
     # A few validation images with the trained model's detections drawn.
-    from torchspine.engine.build import build_model
-    from torchspine.models.saved import load_weights
+    from torchspine.models.saved import load_model
 
     val = CocoDetection(paths["val_ann"], paths["val_images"])
-    model = build_model(cfg.model, num_classes=val.num_classes, image_size=cfg.image_size,
-                        overrides=cfg.model_overrides)
-    load_weights(model, out / "train" / "model.safetensors")
-    model.eval()
-    names = ["background"] + [c["name"] for c in SYNTH_CATEGORIES]
+    model = load_model(out / "train")
+    names = ["background"] + list(model.torchspine_info.get("label_names") or [c["name"] for c in SYNTH_CATEGORIES])
     pred_dir = out / "predictions"
     pred_dir.mkdir(exist_ok=True)
     with torch.no_grad():

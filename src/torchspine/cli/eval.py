@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from torchspine.cli.common import add_device_argument, image_size, run_folder_weights
 from torchspine.utils import atomic_write_text
 
 
@@ -16,12 +17,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="weights file (safetensors or checkpoint.pt); default RUN/model.safetensors")
     p.add_argument("--model", help="detector name (default: from RUN/config.json)")
     p.add_argument("--model-overrides", default=None, help='JSON, e.g. \'{"filter_size_scale": 0.25}\'')
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--image-size", type=image_size)
     p.add_argument("--ann", help="COCO annotation JSON (default: the run's validation set, else the built-in one)")
     p.add_argument("--images", help="image folder for --ann")
     p.add_argument("--max-images", type=int)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default="auto")
+    add_device_argument(p, default="auto")
     p.add_argument("--json", dest="json_out", help="write the metrics here (default RUN/eval.json or eval.json)")
     from torchspine.cli.classify import add_task_arguments
 
@@ -33,23 +34,18 @@ def run(args: argparse.Namespace) -> int:
         from torchspine.cli.classify import run_eval_task
 
         return run_eval_task(args)
-    import torch
-
     from torchspine.data.coco import CocoDetection
     from torchspine.data.synth import ensure_synth
-    from torchspine.engine.build import build_model
     from torchspine.engine.evaluate import evaluate_coco, format_table
     from torchspine.engine.trainer import resolve_device
-    from torchspine.cli.predict import _is_trained
-    from torchspine.models.saved import load_weights
-
     from torchspine.engine.runs import load_run_config, load_trained, resolve_run_path
+    from torchspine.models.saved import load_weights, read_model_metadata
 
-    source = args.run or args.weights
     cfg: dict = load_run_config(args.run) if args.run else {}
-    if args.run and not cfg and not (Path(args.run) / "model.safetensors").exists():
+    if args.run and not cfg:
         raise FileNotFoundError(f"{Path(args.run) / 'config.json'} not found: is {args.run!r} a training output "
                                 f"folder?")
+    weights = str(run_folder_weights(args.run, args.weights))  # errors name the missing file
     if args.ann:
         if not args.images:
             raise ValueError("--ann needs --images")
@@ -60,19 +56,25 @@ def run(args: argparse.Namespace) -> int:
     else:
         synth = ensure_synth()
         ann, images = synth["val_ann"], synth["val_images"]
-    trained = None
-    if source and (args.run or _is_trained(args.weights)) and not args.model_overrides:
-        over = {"image_size": args.image_size} if args.image_size else {}
-        trained = load_trained(args.weights or args.run, **over)
-        if args.model and args.model != trained.name:
-            raise ValueError(f"--model {args.model} differs from the model of {trained.path} ({trained.name})")
+    saved = None
+    if not (args.model or args.model_overrides) and str(weights).endswith(".safetensors"):
+        try:
+            saved = read_model_metadata(weights)
+        except ValueError:
+            saved = None  # bare weights: rebuilt from the run's config below
+    if saved is not None:
+        # A saved model (torchspine.models.saved): it rebuilds itself, with its label mapping and image size.
+        trained = load_trained(weights, **({"image_size": args.image_size} if args.image_size else {}))
         if args.image_size and trained.image_size and args.image_size != trained.image_size:
             print(f"torchspine eval: warning: --image-size {args.image_size} overrides the size the model was trained "
                   f"at ({trained.image_size})", file=sys.stderr)
-        name, model, weights = trained.name, trained.model, trained.path
-        with_masks = hasattr(model, "roi_heads") and getattr(model.roi_heads, "has_mask", lambda: False)()
-        dataset = CocoDetection(ann, images, with_masks=with_masks)
+        model, name = trained.model, trained.name
+        category_ids = trained.info.get("category_ids")
+        with_masks = name.startswith("maskrcnn")
+        dataset = CocoDetection(ann, images, with_masks=with_masks, category_ids=category_ids)
     else:
+        from torchspine.engine.build import build_model
+
         name = args.model or cfg.get("model")
         if not name:
             raise ValueError("give a training output folder or --model")
@@ -85,21 +87,18 @@ def run(args: argparse.Namespace) -> int:
         if cfg.get("stochastic_depth_rate") is not None:
             overrides.setdefault("stochastic_depth_rate", cfg["stochastic_depth_rate"])
         image_size = args.image_size or cfg.get("image_size") or 640
-        weights = args.weights or (str(Path(args.run) / "model.safetensors") if args.run else None)
-        if not weights:
-            raise ValueError("give --weights (or a training output folder)")
         with_masks = name.startswith("maskrcnn")
         dataset = CocoDetection(ann, images, with_masks=with_masks)
+        category_ids = dataset.category_ids
         model = build_model(name, num_classes=dataset.num_classes, image_size=image_size, overrides=overrides)
         load_weights(model, weights)
     device = resolve_device(args.device)
     model.to(device)
     metrics = evaluate_coco(model, dataset, device=device, batch_size=args.batch_size, max_images=args.max_images,
-                            with_masks=with_masks or None, progress=True)
+                            with_masks=with_masks or None, progress=True, category_ids=category_ids)
     print(format_table(metrics))
     out = args.json_out or (str(Path(args.run) / "eval.json") if args.run else "eval.json")
     atomic_write_text(out, json.dumps({"model": name, "weights": str(weights), "annotations": str(ann),
                                        **metrics}, indent=2))
     print(f"metrics written to {out}")
-    del torch
     return 0

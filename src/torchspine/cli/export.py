@@ -8,6 +8,8 @@ import sys
 
 import torch
 
+from torchspine.cli.common import MIN_IMAGE_SIZE, add_set_argument, int_at_least, parse_set
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
@@ -18,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "a `torchspine convert` output, or a safetensors / torch state dict for --model")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (onnx)")
     p.add_argument("--out", required=True, help="output file")
-    p.add_argument("--size", type=int, nargs="+", default=None, metavar="N",
+    p.add_argument("--size", type=int_at_least(MIN_IMAGE_SIZE, "--size"), nargs="+", default=None, metavar="N",
                    help="input size: N (square) or H W (default: a run's trained image size, else 256); "
                         "dynamic export needs multiples of 128, >= 256")
     p.add_argument("--no-postprocess", action="store_true",
@@ -27,16 +29,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fixed image size (legacy exporter, faster). Default: dynamic batch and image size for "
                         "backbones, classifiers and --no-postprocess detectors; a detector WITH post-processing "
                         "(the default) is always fixed: one 3 x H x W image of --size")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=JSON",
-                   help="model keyword / spec override, e.g. --set num_classes=10 (repeatable)")
+    add_set_argument(p, help="model keyword / spec override, e.g. --set num_classes=10 (repeatable)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs PyTorch check")
 
 
 def _load_model(args: argparse.Namespace) -> torch.nn.Module:
-    from torchspine.cli.convert import _parse_sets
+    try:
+        return _load_model_unchecked(args)
+    except (RuntimeError, KeyError) as e:  # a damaged file or weights of another model
+        if not args.weights:
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"weights {args.weights}: cannot be loaded into {args.model} ({first})") from e
+
+
+def _load_model_unchecked(args: argparse.Namespace) -> torch.nn.Module:
     from torchspine.models.registry import create_model
 
-    overrides = _parse_sets(args.sets)
+    overrides = parse_set(args.sets)
     if args.weights:
         from torchspine.cli.predict import _is_trained
 
@@ -56,8 +66,13 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
         from safetensors import safe_open
 
         if str(args.weights).endswith(".safetensors"):
-            with safe_open(args.weights, framework="pt") as f:
-                meta = f.metadata() or {}
+            try:
+                with safe_open(args.weights, framework="pt") as f:
+                    meta = f.metadata() or {}
+            except FileNotFoundError:
+                raise FileNotFoundError(f"weights file not found: {args.weights}") from None
+            except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+                raise ValueError(f"weights {args.weights}: not a readable safetensors file ({e})") from e
             if meta.get("format") == "torchspine.converted/1":
                 from safetensors.torch import load_file
 
@@ -71,7 +86,9 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
 
             state = load_file(args.weights)
         else:
-            state = torch.load(args.weights, map_location="cpu", weights_only=True)
+            from torchspine.models.saved import load_state_dict
+
+            state = load_state_dict(args.weights)  # errors name the file
             if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
                 state = state["model"]
         model = create_model(args.model, **overrides)

@@ -19,7 +19,6 @@ cannot be decoded is reported by name on stderr and skipped; the exit status is 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 
 from torchspine.analysis.visualize import class_names_for, draw_detections
+from torchspine.cli.common import add_set_argument, image_size, parse_set
 from torchspine.data.images import find_images, read_image
 from torchspine.engine.evaluate import to_coco_results
 from torchspine.engine.predict import predict
@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--num-classes", type=int, default=None,
                    help="classes of bare weights (default: the run's, else 91 = COCO)")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--image-size", type=image_size, default=None,
                    help="target long side (default: the run's trained size, else the model's)")
     p.add_argument("--score-thresh", type=float, default=0.3,
                    help="draw and write detections with at least this score (default: %(default)s)")
@@ -63,24 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--merge-iou", type=float, default=0.5, help="--tile: IoU above which boxes are merged")
     p.add_argument("--ann", default=None,
                    help="COCO annotation file listing the inputs: its image ids are used in detections.json")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra model keyword (detector setting or SpineNet spec field), e.g. "
-                        "--set filter_size_scale=0.25; repeatable")
+    add_set_argument(p, dest="overrides", help="extra model keyword (detector setting or SpineNet spec field), "
+                                               "value JSON or a plain string, e.g. --set filter_size_scale=0.25; "
+                                               "repeatable")
     p.add_argument("--no-optimize", action="store_true", help="skip BN folding and channels_last")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-
-
-def _parse_overrides(items: list[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value  # a bare string such as swish
-    return out
 
 
 def _save_png(path: Path, image: torch.Tensor) -> None:
@@ -108,7 +95,7 @@ def _is_trained(weights: str) -> bool:
 
 def load_detector(args: argparse.Namespace) -> tuple[torch.nn.Module, list[str] | None, callable]:
     """The model, its label names (index = label) and label -> category id."""
-    kwargs = _parse_overrides(args.overrides)
+    kwargs = parse_set(args.overrides)
     kwargs.setdefault("score_thresh", args.score_thresh)  # the model's own post-NMS filter
     if args.weights and _is_trained(args.weights):
         from torchspine.engine.runs import load_trained
@@ -133,6 +120,11 @@ def load_detector(args: argparse.Namespace) -> tuple[torch.nn.Module, list[str] 
     if args.image_size:
         kwargs["image_size"] = args.image_size
     name = args.model or "retinanet_spinenet49"
+    from torchspine.models.registry import is_model, model_info
+
+    if is_model(name) and model_info(name).task not in ("detector", "instance_segmentation"):
+        raise ValueError(f"--model {name!r} is a {model_info(name).task}, not a detector "
+                         "(try retinanet_spinenet49 or maskrcnn_spinenet49)")
     model = create_model(name, **kwargs)
     if args.weights:
         load_weights(model, args.weights)
@@ -167,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model or args.weights!r} is not a detector (try retinanet_spinenet49 or a "
                          f"detection run folder)")
     model.eval()
+    # A saved model (models/saved.py) carries the file's category ids of its labels 1..K.
+    category_ids = (getattr(model, "torchspine_info", None) or {}).get("category_ids")
     if not args.no_optimize:
         model = prepare_for_inference(model)
     out_dir = Path(args.out)

@@ -7,6 +7,7 @@ import json
 
 import torch
 
+from torchspine.cli.common import image_size
 from torchspine.models.registry import create_model, list_models
 from torchspine.analysis.profile import PUBLISHED, profile_model
 
@@ -15,7 +16,7 @@ DEFAULT_MODELS = ("spinenet49s", "spinenet49", "spinenet96", "spinenet143", "spi
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="*", help=f"model names (default: the family {', '.join(DEFAULT_MODELS)})")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=image_size, default=None,
                    help="square input size (default: each model's published size, e.g. 640 for 49)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the rows as JSON to this file")
     p.add_argument("--detectors", action="store_true",
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         if name not in known:
             raise ValueError(f"unknown model {name!r}; see `torchspine profile --help` and torchspine.list_models()")
         pub = PUBLISHED.get(name)
-        size = args.size or (pub.size if pub else 640)
+        size = args.size if args.size is not None else (pub.size if pub else 640)
         with torch.device("meta"):
             model = create_model(name)
         prof = profile_model(model, name, size)

@@ -5,10 +5,11 @@ recipe on the built-in synthetic dataset). Runs under ``torchrun`` for several p
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from torchspine.cli.common import add_device_argument, add_set_argument, image_size, int_at_least, parse_set
 
 DEFAULT_RECIPE = "demo_synth"
 
@@ -23,12 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-images", help="image folder of the training set")
     p.add_argument("--val-ann", help="COCO annotation JSON of the validation set")
     p.add_argument("--val-images", help="image folder of the validation set")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch (all processes)")
+    p.add_argument("--image-size", type=image_size)
+    p.add_argument("--batch-size", type=int_at_least(1, "batch size"), help="global batch (all processes)")
     p.add_argument("--epochs", type=float)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--lr", type=float, help="learning rate at the recipe's lr_reference_batch")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    add_device_argument(p, default=None)
     p.add_argument("--output-dir", "--out", dest="output_dir")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in OUTPUT_DIR (its config.json and checkpoint.pt; other arguments may be "
@@ -46,9 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad-annotations", action="store_true",
                    help="leave out records that fail the annotation check (and say how many) instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=JSON",
-                   help='any config field, value in JSON: --set ema_decay=0.9998 --set '
-                        '\'model_overrides={"filter_size_scale": 0.25}\'')
+    add_set_argument(p, help='any config field (value: JSON or a plain string): --set ema_decay=0.9998 --set '
+                             '\'model_overrides={"filter_size_scale": 0.25}\'')
     from torchspine.cli.classify import add_task_arguments
 
     add_task_arguments(p)  # --task classify --data DIR: handled by torchspine.cli.classify
@@ -79,33 +79,34 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
             over[field] = True
     if getattr(args, "no_progress", False):
         over["progress"] = False
-    for item in getattr(args, "sets", []):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r}: expected FIELD=JSON")
-        try:
-            over[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            over[key.strip()] = value  # a bare string
+    over.update(parse_set(getattr(args, "sets", [])))
     return over
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "task", "detect") == "classify":
-        from torchspine.cli.classify import run_train_task
+    from torchspine.engine.loop import NonFiniteLossError
 
-        return run_train_task(args)
+    try:
+        if getattr(args, "task", "detect") == "classify":
+            from torchspine.cli.classify import run_train_task
+
+            return run_train_task(args, parse_set(getattr(args, "sets", [])))
+        return _train_detector(args)
+    except NonFiniteLossError as e:
+        print(f"torchspine train: {e}", file=sys.stderr)
+        return 3
+
+
+def _train_detector(args: argparse.Namespace) -> int:
     from torchspine.engine.config import list_recipes, load_config
     from torchspine.engine.evaluate import format_table
-    from torchspine.engine.trainer import NonFiniteLossError, train
+    from torchspine.engine.trainer import train
 
     if args.list_recipes:
         for name in list_recipes():
             print(name)
         return 0
     over = config_overrides(args)
-    if args.spec:
-        over["model_overrides"] = {**over.get("model_overrides", {}), "spec": args.spec}
     if args.resume:
         from torchspine.engine.config import recipe_path
         from torchspine.engine.runs import resume_config
@@ -116,17 +117,18 @@ def run(args: argparse.Namespace) -> int:
         flags = {a.dest: a.option_strings[-1] for a in _PARSER_ACTIONS}
         flags.update({"model_overrides": "--set model_overrides / --spec", "progress": "--no-progress"})
         cfg = resume_config(out, over, flags=flags, recipe=recipe)
+        if args.spec and cfg.model_overrides.get("spec") != args.spec:
+            raise ValueError(f"--resume: --spec {args.spec!r} differs from the run's spec "
+                             f"{cfg.model_overrides.get('spec')!r}; leave it out to continue that run")
     else:
         cfg = load_config(args.config or DEFAULT_RECIPE, **over)
+        if args.spec:
+            cfg = cfg.replace(model_overrides={**cfg.model_overrides, "spec": args.spec})
     if cfg.weights and not args.resume:
         from torchspine.engine.finetune import finetune_config
 
         cfg = finetune_config(cfg)
-    try:
-        result = train(cfg)
-    except NonFiniteLossError as e:
-        print(f"torchspine train: {e}", file=sys.stderr)
-        return 3
+    result = train(cfg)
     if result:  # rank 0
         print(format_table(result))  # the trainer logs one line; the table is printed once, here
         print(f"{result['steps']} steps, {result['images_per_second']:.2f} img/s; outputs in {result['output_dir']}")

@@ -19,6 +19,7 @@ import os
 import random
 from pathlib import Path
 
+from torchspine.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # one definition for the data side
 from torchspine.utils import atomic_write
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SHAPES", "classification_transforms", "image_folder",
@@ -26,8 +27,6 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SHAPES", "classification_transforms
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "bar", "diamond", "star")
 
 
@@ -57,7 +56,9 @@ def image_folder(root: str | os.PathLike, split: str, transform=None):
         raise FileNotFoundError(f"classification data: no {split!r} folder at {str(path)!r} "
                                 f"(expected {root}/{split}/<class>/<image>)")
     try:
-        return ImageFolder(str(path), transform=transform)
+        from torchspine.data.images import read_image_pil  # the one reader: 16-bit, CMYK, EXIF -> 8-bit RGB
+
+        return ImageFolder(str(path), transform=transform, loader=read_image_pil)
     except (FileNotFoundError, RuntimeError) as e:
         raise ValueError(f"classification data: {str(path)!r}: {e}") from e
 

@@ -1,16 +1,30 @@
-"""COCO-format detection dataset read with pycocotools (issue 4, item 1).
+"""COCO-format detection dataset read with pycocotools.
 
 ``CocoDetection(ann_file, image_dir, transforms=...)`` yields ``(image, target)`` with the
 image a ``3 x H x W`` float tensor in ``0..1`` and the target a torchvision detection dict:
-``boxes`` (xyxy pixels), ``labels`` (the COCO category ids themselves, as the official code
-and torchvision's COCO models do: ``num_classes = max category id + 1``), ``masks``
-(``N x H x W`` uint8, when ``with_masks``), ``image_id``, ``area``, ``iscrowd``.
+``boxes`` (xyxy pixels), ``labels``, ``masks`` (``N x H x W`` uint8, when ``with_masks``),
+``image_id``, ``area``, ``iscrowd``.
 
-Crowd annotations and boxes of zero width or height are left out of training targets, as
-torchvision's COCO reference does; COCO evaluation still sees them in the ground truth (crowd
-regions are "ignore" regions there). The annotation file is checked before use
-(:mod:`torchspine.data.checks`). A corrupt or unreadable image met while loading is logged
-and the sample is returned as ``None``; :func:`collate_detection` drops such samples.
+Labels: the file's category ids, whatever they are (0-based, sparse, in any order), map to
+contiguous training labels ``1..K`` in ascending id order (``category_ids[label - 1]`` is the
+file's id; ``num_classes = K + 1``). Label 0 is background for both RetinaNet's
+post-processing and torchvision's Mask R-CNN, so a category with id 0 would otherwise vanish.
+:meth:`CocoDetection.category_id` maps a label back, for predictions and COCO evaluation.
+
+Crowd annotations are left out of training targets, as torchvision's COCO reference does;
+COCO evaluation still sees them in the ground truth (crowd regions are "ignore" regions
+there). The annotation file is checked before use
+(:mod:`torchspine.data.checks`): boxes partly outside their image are clipped to it, boxes
+entirely outside it and zero-area boxes are dropped (each logged with a count); an empty
+``annotations`` list is refused for training (``require_annotations``) and logged otherwise.
+
+Images are read with the one reader, :func:`torchspine.data.images.read_image_array` (16-bit,
+palette, CMYK, EXIF-rotated files -> 8-bit RGB). A corrupt or unreadable image met while
+loading is logged once and counted once (``corrupt_image_ids``). With ``replace_corrupt``
+(training) the sample is replaced by the next readable image of the dataset, so a batch stays
+full (a batch that shrank to one image would break BatchNorm); otherwise (evaluation) the
+sample is ``None`` and :func:`collate_detection` drops it. Either way the batch records the
+skipped image ids in ``batch.skipped``.
 """
 
 from __future__ import annotations
@@ -24,28 +38,45 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools.coco import COCO
 
-from torchspine.data.checks import check_coco, enforce
+from torchspine.data.checks import check_coco, clip_box, enforce
+from torchspine.data.images import read_image_array
 from torchspine.data.transforms import Compose, build_eval_transforms
 from torchspine.utils import read_json
 
-__all__ = ["CocoDetection", "collate_detection", "load_coco"]
+__all__ = ["CocoDetection", "DetectionBatch", "collate_detection", "load_coco"]
 
 logger = logging.getLogger(__name__)
 
 
 def load_coco(ann_file: str | os.PathLike, *, image_dir: str | os.PathLike | None = None,
-              skip_bad: bool = False) -> COCO:
+              skip_bad: bool = False, require_annotations: bool = False, skip_flag: str | None = None) -> COCO:
     """Read, check and index an annotation file; bad records stop the run or (``skip_bad``)
-    are removed before pycocotools indexes the file."""
+    are removed before pycocotools indexes the file. Boxes partly outside their image are
+    clipped, boxes entirely outside it and zero-area boxes dropped (logged with counts).
+
+    Args:
+        require_annotations: refuse a file whose ``annotations`` list is empty (training);
+            otherwise it is accepted with a warning (evaluation).
+        skip_flag: the command-line option that sets ``skip_bad``, named in the error message
+            (``None``: the caller has none, the message says to fix the file).
+    """
     ann_file = Path(ann_file)
     data = read_json(ann_file, what="annotation file")
     if not isinstance(data, dict):
         raise ValueError(f"{ann_file}: top level must be an object with images/annotations/categories")
     report = check_coco(data, image_dir=image_dir, source=str(ann_file))
-    bad_images, bad_anns = enforce(report, skip_bad=skip_bad)
+    if require_annotations and not data["annotations"]:
+        raise ValueError(f"{ann_file}: the 'annotations' list is empty: there is nothing to train on")
+    bad_images, bad_anns = enforce(report, skip_bad=skip_bad, skip_flag=skip_flag)
+    bad_anns = bad_anns | report.dropped_annotation_ids
+    clipped = report.clipped_annotation_ids
+    if clipped:
+        sizes = {img.get("id"): (img.get("width"), img.get("height")) for img in data["images"]}
+        data = {**data, "annotations": [
+            {**a, "bbox": clip_box(a["bbox"], *sizes[a["image_id"]])} if a.get("id") in clipped else a
+            for a in data["annotations"]]}
     if bad_images or bad_anns:
         seen_i, seen_a = set(), set()
         images = []
@@ -77,27 +108,47 @@ class CocoDetection(torch.utils.data.Dataset):
         with_masks: decode instance masks into the target (Mask R-CNN).
         skip_bad: leave out records that fail the annotation check instead of stopping.
         seed: base seed of the per-sample augmentation generator.
+        category_ids: the label mapping to use (``category_ids[label - 1]`` is a file id):
+            the training set's, for a validation set. Default: this file's ids, ascending.
     """
 
     def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, *,
                  transforms: Compose | None = None, with_masks: bool = False, skip_bad: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, category_ids: list[int] | None = None, replace_corrupt: bool = False,
+                 require_annotations: bool = False, skip_flag: str | None = None) -> None:
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder {str(self.image_dir)!r} not found")
-        self.coco = load_coco(ann_file, image_dir=image_dir, skip_bad=skip_bad)
+        self.coco = load_coco(ann_file, image_dir=image_dir, skip_bad=skip_bad,
+                              require_annotations=require_annotations, skip_flag=skip_flag)
         self.ids = sorted(self.coco.imgs)
         self.transforms = transforms if transforms is not None else build_eval_transforms()
         self.with_masks = with_masks
         self.seed = seed
         self.epoch = 0
-        self.num_corrupt = 0
-        cat_ids = sorted(self.coco.cats)
-        self.num_classes = (max(cat_ids) + 1) if cat_ids else 1
+        self.replace_corrupt = replace_corrupt
+        self.corrupt_image_ids: set = set()  # seen in this process (DataLoader workers: see batch.skipped)
         self.category_names = {c["id"]: c["name"] for c in self.coco.dataset["categories"]}
+        own = sorted(self.coco.cats)
+        if category_ids is None:
+            category_ids = own
+        else:
+            category_ids = [int(c) for c in category_ids]
+            unknown = sorted(set(own) - set(category_ids))
+            if unknown:
+                raise ValueError(f"{self.ann_file}: categories {unknown} are not among the model's category ids "
+                                 f"{category_ids}")
+        self.category_ids: list[int] = list(category_ids)
+        self.label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
+        self.label_names = [str(self.category_names.get(cid, cid)) for cid in self.category_ids]
+        self.num_classes = len(self.category_ids) + 1  # + background (label 0)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def category_id(self, label: int) -> int:
+        """The file's category id of training label ``label`` (1..K)."""
+        return self.category_ids[int(label) - 1]
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentation depends on (seed, epoch, index) only, so it survives a resume."""
@@ -108,14 +159,20 @@ class CocoDetection(torch.utils.data.Dataset):
         g.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
         return g
 
+    @property
+    def num_corrupt(self) -> int:
+        """Distinct corrupt images met so far in this process (images, not load attempts)."""
+        return len(self.corrupt_image_ids)
+
     def load_image(self, index: int) -> torch.Tensor | None:
         info = self.coco.imgs[self.ids[index]]
         path = self.image_dir / info["file_name"]
+        if info["id"] in self.corrupt_image_ids:
+            return None
         try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-        except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for truncated/corrupt files
-            self.num_corrupt += 1
+            arr = read_image_array(path)
+        except (FileNotFoundError, ValueError) as e:
+            self.corrupt_image_ids.add(info["id"])
             logger.warning("skipping corrupt image id %s (%s): %s", info["id"], path, e)
             return None
         return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)  # HWC uint8 -> CHW float
@@ -130,7 +187,7 @@ class CocoDetection(torch.utils.data.Dataset):
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         target: dict[str, Any] = {
             "boxes": boxes,
-            "labels": torch.tensor([a["category_id"] for a in keep], dtype=torch.int64),
+            "labels": torch.tensor([self.label_of[a["category_id"]] for a in keep], dtype=torch.int64),
             "area": torch.tensor([float(a.get("area", 0.0)) for a in keep], dtype=torch.float32),
             "iscrowd": torch.zeros(len(keep), dtype=torch.int64),
             "image_id": int(image_id),
@@ -143,15 +200,46 @@ class CocoDetection(torch.utils.data.Dataset):
             target["masks"] = torch.from_numpy(masks)
         return target
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]] | None:
+    def __getitem__(self, index: int) -> "_Sample | None":
+        skipped: list = []
+        source = index
         image = self.load_image(index)
-        if image is None:
-            return None
-        target = self.load_target(index, image.shape[1], image.shape[2])
-        return self.transforms(image, target, self._generator(index))
+        while image is None:
+            skipped.append(self.ids[source])
+            if not self.replace_corrupt:
+                return None
+            # The next readable image takes the corrupt one's place: the batch stays full.
+            source = (source + 1) % len(self.ids)
+            if source == index:
+                raise ValueError(f"{self.image_dir}: none of the {len(self.ids)} images can be decoded "
+                                 f"(first: id {self.ids[index]}); see the warnings above")
+            image = self.load_image(source)
+            if image is not None:
+                logger.info("image id %s replaced by image id %s in this batch", self.ids[index], self.ids[source])
+        target = self.load_target(source, image.shape[1], image.shape[2])
+        sample = _Sample(self.transforms(image, target, self._generator(index)))
+        sample.skipped = skipped
+        return sample
 
 
-def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-    """Lists of images and targets (torchvision detection input); drops corrupt samples."""
+class _Sample(tuple):
+    """An ``(image, target)`` pair; ``skipped`` lists the corrupt image ids it replaced."""
+
+    skipped: list
+
+
+class DetectionBatch(tuple):
+    """``(images, targets)`` as torchvision detection models take them; ``skipped`` holds the
+    ids of the corrupt images met while loading this batch (dropped or replaced)."""
+
+    skipped: list
+
+
+def collate_detection(batch: list) -> DetectionBatch:
+    """Lists of images and targets (torchvision detection input); drops corrupt samples and
+    records their image ids (and those of replaced ones) in ``batch.skipped``."""
+    skipped = [i for b in batch if b is not None for i in getattr(b, "skipped", [])]
     batch = [b for b in batch if b is not None]
-    return [b[0] for b in batch], [b[1] for b in batch]
+    out = DetectionBatch(([b[0] for b in batch], [b[1] for b in batch]))
+    out.skipped = skipped
+    return out

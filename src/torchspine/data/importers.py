@@ -120,7 +120,7 @@ def _build(boxes: Iterable[_Box], sizes: dict[str, tuple[int, int]], *, classes:
         anns.append(ann)
     coco = {"info": {"description": f"imported by torchspine from {source}"}, "images": images,
             "annotations": anns, "categories": [{"id": cat_id[n], "name": n} for n in names]}
-    report = check_coco(coco, image_dir=image_dir, source=source)
+    report = check_coco(coco, image_dir=image_dir, source=source, decode=image_dir is not None)
     logger.info("%s: %d images, %d boxes, %d classes", source, len(images), len(anns), len(names))
     return ImportResult(coco, report)
 

@@ -1,4 +1,4 @@
-"""A built-in COCO-format dataset of shapes at very different scales (issue 4, item 2).
+"""A built-in COCO-format dataset of shapes at very different scales.
 
 Each image holds a few filled circles, squares and triangles of three size bands (small
 < 32x32 px, medium, large > 96x96 px in COCO's area terms at the default 256 px image),

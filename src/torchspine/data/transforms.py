@@ -1,4 +1,5 @@
-"""Detection transforms of the paper and the official input pipeline (reference section 8).
+"""Detection transforms of the paper and the official input pipeline
+(tensorflow/tpu models/official/detection/dataloader/retinanet_parser.py, utils/input_utils.py).
 
 Training: the long side is resized to ``size * s`` with ``s`` drawn from the scale-jitter
 range, a random ``size x size`` window is cropped when the result is larger, the image is

@@ -2,7 +2,7 @@
 
 ``spec`` (a :class:`SpineNetSpec`, its dict, a JSON path or a genome string) replaces the
 named model's backbone spec while keeping its detector preset (head, anchors, image size):
-this is how searched architectures are trained (issue 4 / search proxy task).
+this is how searched architectures are trained (the search's proxy task).
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
-from torchvision.ops import DropBlock2d
 
+from torchspine.layers.dropout import add_dropblock
 from torchspine.models.registry import create_model
 
-__all__ = ["build_model", "add_dropblock"]
+__all__ = ["build_model", "add_dropblock"]  # add_dropblock lives in torchspine.layers.dropout
 
 
 def build_model(name: str, *, num_classes: int, image_size: int, overrides: dict[str, Any] | None = None) -> nn.Module:
@@ -24,6 +24,12 @@ def build_model(name: str, *, num_classes: int, image_size: int, overrides: dict
     replaces the backbone spec of a ``retinanet_spinenet*`` / ``maskrcnn_spinenet*`` model while
     keeping its detector preset; the builders take it themselves.
     """
+    from torchspine.models.registry import is_model, list_models, model_info
+
+    if is_model(name) and model_info(name).task not in ("detector", "instance_segmentation"):
+        detectors = list_models("retinanet_spinenet*") + list_models("maskrcnn_spinenet*")
+        raise ValueError(f"model {name!r} is a {model_info(name).task}, not a detector: give a detector "
+                         f"(e.g. {', '.join(detectors[:4])}), or train a classifier with --task classify")
     kw = dict(overrides or {})
     kw.setdefault("num_classes", num_classes)
     kw.setdefault("image_size", image_size)
@@ -31,24 +37,3 @@ def build_model(name: str, *, num_classes: int, image_size: int, overrides: dict
         raise ValueError(f"model_overrides.spec is supported for retinanet_spinenet*/maskrcnn_spinenet* models, "
                          f"not {name!r}")
     return create_model(name, **kw)
-
-
-def add_dropblock(model: nn.Module, *, block_size: int = 3, keep_prob: float = 0.9) -> int:
-    """Insert torchvision's ``DropBlock2d`` after every BN of the backbone's scale-permuted
-    blocks (the official placement: after each BN, before stochastic depth). Returns how
-    many were inserted. Off by default, as in the released code (reference section 7)."""
-    backbone = getattr(model, "backbone", model)
-    root = getattr(backbone, "blocks", backbone)
-    count = 0
-
-    def visit(module: nn.Module) -> None:
-        nonlocal count
-        for name, child in module.named_children():
-            if isinstance(child, nn.BatchNorm2d):
-                setattr(module, name, nn.Sequential(child, DropBlock2d(1.0 - keep_prob, block_size)))
-                count += 1
-            else:
-                visit(child)
-
-    visit(root)
-    return count

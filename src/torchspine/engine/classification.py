@@ -3,23 +3,25 @@
 The recipe of the paper (Goyal et al. [7] with cosine decay, He et al. [11]) on an image
 folder: ``RandomResizedCrop`` 224 + flip, SGD momentum 0.9, learning rate scaled linearly with
 the batch (0.1 per 256 images), linear warmup (5 epochs), cosine decay, weight decay 1e-4 on
-conv / linear weights only (official classification configs, reference section 7), optional
+conv / linear weights only (tensorflow/tpu models/official/detection/configs/spinenet classification
+configs), optional
 label smoothing (the official swish recipe uses 0.1). Optimizer, schedule and atomic
 checkpoints come from :mod:`torchspine.engine.optim` and :mod:`torchspine.engine.checkpoint`;
 the model is any registered classifier (``spinenet49_cls``, ``spinenet_cls`` ...).
 
-Outputs in ``out_dir``: ``last.pt`` (full training state, resumable), ``metrics.json`` (per
-epoch), ``model.safetensors`` (final weights, with the model name, overrides and class names
-in the metadata so :func:`load_classifier` rebuilds it).
+Training runs on the same loop as detection (:mod:`torchspine.engine.loop`): DDP under
+torchrun, AMP and an EMA of the weights when configured, a non-finite loss raises
+:class:`~torchspine.engine.loop.NonFiniteLossError`, and a resume continues the data order
+where it stopped. Outputs in ``out_dir``: ``checkpoint.pt`` (full training state, resumable),
+``metrics.json`` (per epoch), ``model.safetensors`` (:func:`torchspine.models.saved.save_model`:
+``load_model(out_dir)`` rebuilds the classifier, with its class names).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import random
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -29,12 +31,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from torchspine.data.classification import classification_transforms, image_folder
-from torchspine.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights
-from torchspine.engine.optim import build_optimizer, build_scheduler, scale_lr
+from torchspine.engine.optim import scale_lr
 from torchspine.models.registry import create_model
 from torchspine.utils import atomic_write_text
 
-__all__ = ["ClassifyConfig", "evaluate_classifier", "load_classifier", "train_classifier", "topk_correct"]
+__all__ = ["ClassifyConfig", "evaluate_classifier", "evaluate_saved_classifier", "load_classifier", "train_classifier",
+           "topk_correct"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,15 @@ class ClassifyConfig:
     seed: int = 0
     device: str = "cpu"
     resume: bool = True
+    grad_clip_norm: float = 0.0  # 0 disables
+    ema_decay: float = 0.0  # 0 disables the EMA of weights
+    amp: bool = True  # only ever on CUDA
+    amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"
+    sync_bn: Literal["auto", "off", "on"] = "auto"
+    checkpoint_interval: int = 0  # steps; 0: at every epoch end
+    num_threads: int | None = None
+    tensorboard: bool = False
+    progress: bool = False
 
     def validate(self) -> "ClassifyConfig":
         def bad(name: str, why: str) -> ValueError:
@@ -92,6 +103,19 @@ class ClassifyConfig:
             raise bad("warmup_epochs" if self.warmup_epochs < 0 else "weight_decay", "must be >= 0")
         if not 0.0 < self.min_scale <= 1.0:
             raise bad("min_scale", "must be in (0, 1]")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise bad("ema_decay", "must be in [0, 1) (0 disables the EMA)")
+        if self.grad_clip_norm < 0:
+            raise bad("grad_clip_norm", "must be >= 0 (0 disables clipping)")
+        if self.amp_dtype not in ("auto", "float16", "bfloat16"):
+            raise bad("amp_dtype", "must be 'auto', 'float16' or 'bfloat16'")
+        if self.sync_bn not in ("auto", "off", "on"):
+            raise bad("sync_bn", "must be 'auto', 'off' or 'on'")
+        if not isinstance(self.checkpoint_interval, int) or self.checkpoint_interval < 0:
+            raise bad("checkpoint_interval", "must be a non-negative integer")
+        if not (isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda")
+                                                  or self.device.startswith("cuda:"))):
+            raise bad("device", "must be auto, cpu, cuda or cuda:N")
         return self
 
     @classmethod
@@ -134,87 +158,108 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, *, device: str | t
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n, "images": n}
 
 
-def _loader(dataset, *, batch_size: int, train: bool, workers: int, seed: int) -> DataLoader:
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train and len(dataset) > batch_size,
-                      num_workers=workers, generator=g, persistent_workers=False)
+def _loader(dataset, *, batch_size: int, workers: int = 0) -> DataLoader:
+    """An evaluation loader (in order, every image)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+
+
+def _classification_loss(device: torch.device, criterion: nn.Module):
+    def loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        images, target = batch
+        return criterion(model(images.to(device, non_blocking=True)), target.to(device, non_blocking=True))
+
+    return loss
 
 
 def train_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
-    """Train ``cfg.model`` on ``cfg.data`` and evaluate on its ``val`` split after every epoch.
+    """Train ``cfg.model`` on ``cfg.data`` and evaluate on its ``val`` split after every epoch,
+    on the shared training loop (DDP under torchrun, AMP and EMA as configured, exact resume).
 
-    Resumes from ``out_dir/last.pt`` when ``cfg.resume`` and the file exists. Returns the
-    final metrics and the per-epoch history.
+    Resumes from ``out_dir/checkpoint.pt`` when ``cfg.resume`` and the file exists. Returns the
+    final metrics and the per-epoch history (on rank 0; ``{}`` on the other ranks).
     """
+    from torchspine.engine.distributed import cleanup_distributed
+    from torchspine.engine.trainer import setup_run
+
     cfg.validate()
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    info, device, out = setup_run(device_name=cfg.device, seed=cfg.seed, num_threads=cfg.num_threads,
+                                  deterministic=False, output_dir=cfg.out_dir)
+    try:
+        return _train_classifier(cfg, info, device, out)
+    finally:
+        cleanup_distributed()
+
+
+def _train_classifier(cfg: ClassifyConfig, info: Any, device: torch.device, out: Path) -> dict[str, Any]:
+    from torchspine.engine.distributed import convert_batchnorm
+    from torchspine.engine.fit import FitOptions, fit
+    from torchspine.engine.trainer import final_model_info
+    from torchspine.models.saved import save_model
+
     train_set = image_folder(cfg.data, "train", classification_transforms(cfg.image_size, train=True,
                                                                           min_scale=cfg.min_scale))
     val_set = image_folder(cfg.data, "val", classification_transforms(cfg.image_size, train=False))
     if train_set.classes != val_set.classes:
         raise ValueError(f"classification data {cfg.data!r}: train classes {train_set.classes} differ from "
                          f"val classes {val_set.classes}")
+    if cfg.batch_size % info.world_size:
+        raise ValueError(f"classify config: batch_size={cfg.batch_size} must be divisible by the number of "
+                         f"processes {info.world_size}")
+    if len(train_set) < cfg.batch_size:
+        raise ValueError(f"classify config: batch_size={cfg.batch_size} is larger than the training set "
+                         f"({len(train_set)} images in {cfg.data}/train)")
     num_classes = len(train_set.classes)
-    model = create_model(cfg.model, num_classes=num_classes, **cfg.model_overrides).to(cfg.device)
-    train_loader = _loader(train_set, batch_size=cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed)
-    val_loader = _loader(val_set, batch_size=cfg.batch_size, train=False, workers=cfg.workers, seed=cfg.seed)
-    steps_per_epoch = len(train_loader)
+    model = create_model(cfg.model, num_classes=num_classes, **cfg.model_overrides)
+    model = convert_batchnorm(model, device=device, world_size=info.world_size, mode=cfg.sync_bn).to(device)
+    train_model: nn.Module = model
+    if info.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    val_loader = _loader(val_set, batch_size=max(1, cfg.batch_size // info.world_size), workers=cfg.workers)
+    steps_per_epoch = len(train_set) // cfg.batch_size
     total_steps = cfg.epochs * steps_per_epoch
     lr = scale_lr(cfg.base_lr, cfg.batch_size, 256)
-    optimizer = build_optimizer(model, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     # Step schedule of Table 11: x0.1 at 1/3, 2/3 and 8/9 of training (30, 60, 80 of 90 epochs).
     decay_steps = tuple(int(total_steps * f) for f in (30 / 90, 60 / 90, 80 / 90))
-    scheduler = build_scheduler(optimizer, total_steps=total_steps,
-                                warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
-                                schedule=cfg.schedule, decay_steps=decay_steps)
+    if info.is_main:
+        logger.info("classify %s: %d classes, %d train / %d val images, %d steps/epoch, lr %.4g, device %s",
+                    cfg.model, num_classes, len(train_set), len(val_set), steps_per_epoch, lr, device)
+    opts = FitOptions(
+        output_dir=out, batch_size=cfg.batch_size, total_steps=total_steps, lr=lr, seed=cfg.seed, rank=info.rank,
+        world_size=info.world_size, device=device, num_workers=cfg.workers, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
+        schedule=cfg.schedule, decay_steps=decay_steps if cfg.schedule == "step" else (),
+        grad_clip_norm=cfg.grad_clip_norm, ema_decay=cfg.ema_decay, amp=cfg.amp, amp_dtype=cfg.amp_dtype,
+        resume=cfg.resume, checkpoint_interval=cfg.checkpoint_interval or steps_per_epoch,
+        eval_interval=steps_per_epoch, log_interval=steps_per_epoch, tensorboard=cfg.tensorboard,
+        progress=cfg.progress)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    history: list[dict[str, Any]] = []
-    start_epoch, step = 0, 0
-    ckpt = out / "last.pt"
-    if cfg.resume and ckpt.is_file():
-        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
-        start_epoch, step = state["epoch"], state["step"]
-        history = list(json.loads(state["extra"].get("history", "[]")))
-        logger.info("resumed %s at epoch %d (step %d)", ckpt, start_epoch, step)
-    logger.info("classify %s: %d classes, %d train / %d val images, %d steps/epoch, lr %.4g",
-                cfg.model, num_classes, len(train_set), len(val_set), steps_per_epoch, lr)
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        loss_sum, seen = 0.0, 0
-        for images, target in train_loader:
-            images, target = images.to(cfg.device), target.to(cfg.device)
-            loss = criterion(model(images), target)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"classify: non-finite loss {loss_value} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            loss_sum += loss_value * target.numel()
-            seen += target.numel()
-        metrics = evaluate_classifier(model, val_loader, device=cfg.device)
-        row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
-               "lr": optimizer.param_groups[0]["lr"], **{f"val_{k}": v for k, v in metrics.items()}}
-        history.append(row)
-        logger.info("epoch %d/%d: train loss %.4f, val top-1 %.2f%% top-5 %.2f%%", epoch + 1, cfg.epochs,
-                    row["train_loss"], metrics["top1"], metrics["top5"])
-        save_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, step=step, epoch=epoch + 1,
-                        epoch_step=0, extra={"history": json.dumps(history)})
-        atomic_write_text(out / "metrics.json", json.dumps({"config": _jsonable(cfg), "history": history},
-                                                           indent=2) + "\n")
-    meta = {"model": cfg.model, "model_overrides": json.dumps(cfg.model_overrides),
-            "num_classes": str(num_classes), "classes": json.dumps(train_set.classes),
-            "image_size": str(cfg.image_size)}
-    save_weights(out / "model.safetensors", model, metadata=meta)
-    final = history[-1] if history else {}
-    return {"top1": final.get("val_top1"), "top5": final.get("val_top5"), "history": history,
-            "classes": train_set.classes, "weights": str(out / "model.safetensors")}
+    r = fit(model=model, train_model=train_model, loss_fn=_classification_loss(device, criterion), dataset=train_set,
+            collate=torch.utils.data.default_collate, opts=opts,
+            evaluate=lambda m, step: evaluate_classifier(m, val_loader, device=device),
+            summary=lambda m: f"val top-1 {m['top1']:.2f}% top-5 {m['top5']:.2f}%")
+    if not info.is_main:
+        return {}
+    evals = {e["step"]: e for e in r.evals}
+    history = []
+    for rec in r.history:  # one record per epoch (log_interval = steps_per_epoch)
+        e = evals.get(rec["step"], {})
+        history.append({"epoch": rec["step"] // steps_per_epoch, "step": rec["step"], "train_loss": rec["loss"],
+                        "lr": rec["lr"], **{f"val_{k}": v for k, v in e.items() if k != "step"}})
+    for row in history:
+        logger.info("epoch %d/%d: train loss %.4f, val top-1 %.2f%% top-5 %.2f%%", row["epoch"], cfg.epochs,
+                    row["train_loss"], row.get("val_top1", float("nan")), row.get("val_top5", float("nan")))
+    atomic_write_text(out / "metrics.json", json.dumps({"config": _jsonable(cfg), "history": history},
+                                                       indent=2) + "\n")
+    final_model = r.trainer.ema.module if r.trainer.ema is not None else model
+    final = r.final_eval or {}
+    weights = save_model(final_model, out / "model.safetensors",
+                         info=final_model_info("classification", num_classes=num_classes,
+                                               label_names=list(train_set.classes), category_ids=None,
+                                               image_size=cfg.image_size, steps=r.steps, metrics=final))
+    return {"top1": final.get("top1"), "top5": final.get("top5"), "history": history,
+            "classes": train_set.classes, "weights": str(weights), "steps": r.steps,
+            "images_per_second": r.images_per_second}
 
 
 def _jsonable(cfg: ClassifyConfig) -> dict[str, Any]:
@@ -222,21 +267,29 @@ def _jsonable(cfg: ClassifyConfig) -> dict[str, Any]:
 
 
 def load_classifier(weights: str | os.PathLike, *, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a classifier saved by :func:`train_classifier` from its safetensors file."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """Rebuild a classifier saved by :func:`train_classifier` (its safetensors file or run folder)."""
+    from torchspine.models.saved import load_model, read_model_metadata
 
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights {str(path)!r} not found")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    for key in ("model", "num_classes"):
-        if key not in meta:
-            raise ValueError(f"weights {str(path)!r}: metadata has no {key!r} (not written by train_classifier)")
-    overrides = json.loads(meta.get("model_overrides", "{}"))
-    model = create_model(meta["model"], num_classes=int(meta["num_classes"]), **overrides)
-    model.load_state_dict(load_file(str(path), device=device))
-    info = {"model": meta["model"], "model_overrides": overrides, "num_classes": int(meta["num_classes"]),
-            "classes": json.loads(meta.get("classes", "[]")), "image_size": int(meta.get("image_size", 224))}
+    meta = read_model_metadata(weights)
+    model = load_model(weights, device=device)
+    mi = meta["info"]
+    overrides = {k: v for k, v in meta["overrides"].items() if k != "num_classes"}
+    num_classes = int(mi.get("num_classes", meta["overrides"].get("num_classes", 0)))
+    info = {"model": meta["model"], "model_overrides": overrides, "num_classes": num_classes,
+            "classes": list(mi.get("label_names", [])), "image_size": int(mi.get("image_size", 224))}
     return model.to(device).eval(), info
+
+
+def evaluate_saved_classifier(weights: str | os.PathLike, data: str | os.PathLike, *, split: str = "val",
+                              batch_size: int = 64, workers: int = 0, device: str = "auto") -> dict[str, Any]:
+    """Top-1 / top-5 of a saved classifier (file or run folder) on ``data/split``; the split's
+    classes must be the model's."""
+    from torchspine.engine.trainer import resolve_device
+
+    dev = resolve_device(device)
+    model, info = load_classifier(weights, device=str(dev))
+    dataset = image_folder(data, split, classification_transforms(info["image_size"], train=False))
+    if info["classes"] and dataset.classes != info["classes"]:
+        raise ValueError(f"{data}/{split}: classes {dataset.classes} differ from the model's {info['classes']}")
+    m = evaluate_classifier(model, _loader(dataset, batch_size=batch_size, workers=workers), device=dev)
+    return {**m, "model": info["model"], "data": str(data), "split": split}

@@ -23,6 +23,7 @@ __all__ = ["TrainConfig", "load_config", "list_recipes", "recipe_path"]
 
 Schedule = Literal["step", "cosine", "constant"]
 SyncBN = Literal["auto", "off", "on"]
+AmpDtype = Literal["auto", "float16", "bfloat16"]
 
 
 @dataclass
@@ -30,7 +31,7 @@ class TrainConfig:
     """Everything one training run needs. Defaults are the demo's small CPU run on the
     built-in dataset; the packaged recipes set the paper's / released values.
 
-    Recipe values (reference section 8, paper section 4.1): SGD momentum 0.9, weight decay
+    Recipe values (paper section 4.1; tensorflow/tpu models/official/detection/configs/spinenet/*.yaml): SGD momentum 0.9, weight decay
     4e-5 on conv weights only, lr 0.28 at batch 256 scaled linearly with the batch, linear
     warmup from 0.0067 over 2000 steps, step decay x0.1 twice, gradient clipping at norm 10,
     stochastic depth 0.2 with swish (protocol C).
@@ -70,12 +71,13 @@ class TrainConfig:
     weight_decay: float = 4e-5
     grad_clip_norm: float = 10.0  # 0 disables
     stochastic_depth_rate: float | None = None  # None: the model's own setting
-    dropblock: bool = False  # the released code hard-disables DropBlock
+    dropblock: bool = False  # paper section 4.1 (protocol A); the released SpineNet code hard-disables it
     dropblock_size: int = 3
     dropblock_keep_prob: float = 0.9
     ema_decay: float = 0.0  # 0 disables the EMA of weights
     sync_bn: SyncBN = "auto"  # auto: SyncBatchNorm on multi-GPU, all-reduce BN on multi-CPU
     amp: bool = True  # only ever on CUDA
+    amp_dtype: AmpDtype = "auto"  # auto: bfloat16 where supported, else float16 with a grad scaler
     # run
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int | None = None  # CPU threads per process (None: torch's default)
@@ -135,6 +137,8 @@ class TrainConfig:
             fail("scale_jitter", "must be [min, max] with 0 < min <= max")
         if self.schedule not in get_args(Schedule):
             fail("schedule", f"must be one of {get_args(Schedule)}")
+        if self.amp_dtype not in get_args(AmpDtype):
+            fail("amp_dtype", f"must be one of {get_args(AmpDtype)}")
         if self.sync_bn not in get_args(SyncBN):
             fail("sync_bn", f"must be one of {get_args(SyncBN)}")
         if list(self.decay_epochs) != sorted(self.decay_epochs) or any(e <= 0 for e in self.decay_epochs):

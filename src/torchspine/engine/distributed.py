@@ -3,7 +3,7 @@
 ``torchrun --nproc_per_node=N -m torchspine train ...`` sets ``RANK`` / ``WORLD_SIZE`` /
 ``LOCAL_RANK``; :func:`init_distributed` joins the group with gloo on CPU and nccl on GPU.
 
-The recipe uses synchronized BN (paper section 4.1, reference section 7). PyTorch's
+The recipe uses synchronized BN (paper section 4.1; ``use_sync_bn`` in the official configs). PyTorch's
 ``nn.SyncBatchNorm`` only runs on CUDA, so on multi-process CPU runs
 :class:`AllReduceBatchNorm2d` (hand-written: no CPU counterpart exists in torch) computes the
 batch statistics over all processes with a differentiable all-reduce. With it, N processes
@@ -146,7 +146,7 @@ def globalize_loss_normalizer(model: nn.Module) -> bool:
     """Make a RetinaNet head normalise its losses by the positives of the *global* batch.
 
     The official loss divides by the number of positive anchors + 1 of each replica's batch
-    (reference section 8), so N processes would not compute the same function as one process
+    (tensorflow/tpu models/official/detection/modeling/losses.py), so N processes would not compute the same function as one process
     with the same global batch. Wrapping ``head.compute_loss`` (an instance attribute; the
     model's code is unchanged) rescales each process's loss by
     ``world * (local_pos + 1) / (global_pos + 1)``: after DDP's gradient average, that is the
@@ -160,11 +160,16 @@ def globalize_loss_normalizer(model: nn.Module) -> bool:
 
     def compute_loss(targets, head_outputs, anchors, matched_idxs):  # noqa: ANN001, ANN202 - torchvision signature
         losses = original(targets, head_outputs, anchors, matched_idxs)
-        local = torch.tensor([float(sum(int((m >= 0).sum()) for m in matched_idxs))])
+        # The count lives on the loss's device: NCCL has no CPU backend ("No backend type
+        # associated with device type cpu"); it stays a tensor (no host sync).
+        device = next(iter(losses.values())).device
+        local = torch.zeros((), dtype=torch.float32, device=device)
+        for m in matched_idxs:
+            local = local + (m >= 0).sum().to(device=device, dtype=torch.float32)
         total = local.clone()
         dist.all_reduce(total)
-        scale = world * (float(local) + 1.0) / (float(total) + 1.0)
-        return {k: v * scale for k, v in losses.items()}
+        scale = world * (local + 1.0) / (total + 1.0)
+        return {k: v * scale.to(v.dtype) for k, v in losses.items()}
 
     head.compute_loss = compute_loss
     return True

@@ -1,8 +1,9 @@
-"""COCO evaluation with pycocotools (issue 4, item 6): box AP and, for Mask R-CNN, mask AP.
+"""COCO evaluation with pycocotools: box AP and, for Mask R-CNN, mask AP.
 
 :func:`coco_metrics` runs ``COCOeval`` on a ground-truth ``COCO`` and a list of COCO result
 dicts and returns the 12 standard numbers under readable names; :func:`evaluate_coco` runs a
-torchvision-style detector over a dataset first. AP itself is never computed here.
+torchvision-style detector over a dataset first, mapping its contiguous labels back to the
+file's category ids. AP itself is never computed here.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def coco_metrics(coco_gt: COCO, results: list[dict], *, iou_type: str = "bbox",
 @torch.no_grad()
 def evaluate_coco(model: nn.Module, data: CocoDetection | Iterable, *, coco_gt: COCO | None = None,
                   device: str | torch.device = "cpu", batch_size: int = 4, max_images: int | None = None,
-                  with_masks: bool | None = None, progress: bool = False) -> dict[str, Any]:
+                  with_masks: bool | None = None, progress: bool = False,
+                  category_ids: Sequence[int] | None = None) -> dict[str, Any]:
     """Run ``model`` (eval mode, torchvision detection API) over ``data`` and score it.
 
     Args:
@@ -75,6 +77,8 @@ def evaluate_coco(model: nn.Module, data: CocoDetection | Iterable, *, coco_gt: 
             ``(images, targets)`` batches with ``coco_gt`` given.
         max_images: score only the first ``max_images`` images.
         with_masks: also score masks (``segm``); default: when predictions carry masks.
+        category_ids: ``category_ids[label - 1]`` is the file's id of the model's label
+            (the ``category_ids`` saved with a trained model); default: the dataset's mapping.
 
     Returns ``{"AP", "AP50", ..., "mask_AP", ..., "num_images", "seconds"}`` (box metrics
     unprefixed, mask metrics prefixed ``mask_``).
@@ -82,6 +86,8 @@ def evaluate_coco(model: nn.Module, data: CocoDetection | Iterable, *, coco_gt: 
     device = torch.device(device)
     if isinstance(data, CocoDetection):
         coco_gt = data.coco
+        if category_ids is None:
+            category_ids = data.category_ids
         n = len(data) if max_images is None else min(max_images, len(data))
         subset = torch.utils.data.Subset(data, range(n))
         loader: Iterable = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False,
@@ -106,7 +112,7 @@ def evaluate_coco(model: nn.Module, data: CocoDetection | Iterable, *, coco_gt: 
             out = {k: v.detach().cpu() for k, v in out.items()}
             if with_masks is False:
                 out.pop("masks", None)
-            for r in to_coco_results(out, t["image_id"]):
+            for r in to_coco_results(out, t["image_id"], category_ids=category_ids):
                 boxes.append({k: v for k, v in r.items() if k != "segmentation"})
                 if "segmentation" in r:
                     masks.append(r)
@@ -147,8 +153,13 @@ def format_table(metrics: dict[str, Any], class_names: dict[str, str] | None = N
     return "\n".join(lines)
 
 
-def to_coco_results(detections: dict[str, Tensor], image_id: int, *, score_thresh: float = 0.0) -> list[dict[str, Any]]:
-    """COCO result entries for one image (boxes as ``[x, y, w, h]``; masks as RLE)."""
+def to_coco_results(detections: dict[str, Tensor], image_id: int, *, score_thresh: float = 0.0,
+                    category_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """COCO result entries for one image (boxes as ``[x, y, w, h]``; masks as RLE).
+
+    ``category_ids``: the model's label mapping (``category_ids[label - 1]`` is the file's id,
+    as saved with a trained model); ``None`` writes the labels themselves.
+    """
     keep = detections["scores"] >= score_thresh
     boxes = detections["boxes"][keep].tolist()
     labels = detections["labels"][keep].tolist()
@@ -164,7 +175,8 @@ def to_coco_results(detections: dict[str, Tensor], image_id: int, *, score_thres
             r["counts"] = r["counts"].decode("ascii")
     out = []
     for j, ((x1, y1, x2, y2), lbl, s) in enumerate(zip(boxes, labels, scores)):
-        entry: dict[str, Any] = {"image_id": int(image_id), "category_id": int(lbl),
+        cat = int(lbl) if category_ids is None else int(category_ids[int(lbl) - 1])
+        entry: dict[str, Any] = {"image_id": int(image_id), "category_id": cat,
                                  "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                                  "score": round(float(s), 5)}
         if rles is not None:

@@ -2,7 +2,7 @@
 
 * SGD with momentum; weight decay only on conv (and linear) weights, never on BN or biases:
   the official loss adds ``wd * sum(w**2) / 2`` over variables named ``kernel`` / ``weight``
-  (reference section 7), whose gradient ``wd * w`` is PyTorch SGD's ``weight_decay``.
+  (tensorflow/tpu models/official/detection/modeling/base_model.py), whose gradient ``wd * w`` is PyTorch SGD's ``weight_decay``.
 * Linear warmup from ``warmup_init_lr`` to ``lr`` over ``warmup_steps``, then step decay
   (``x decay_factor`` at each of ``decay_steps``; RetinaNet, paper section 4.1) or cosine
   decay (Mask R-CNN and classification).
@@ -41,7 +41,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, *, lr: float, momentum: float = 0.9, weight_decay: float = 4e-5,
                     nesterov: bool = False) -> torch.optim.SGD:
-    """SGD with weight decay on conv/linear weights only (reference section 7)."""
+    """SGD with weight decay on conv/linear weights only (official ``weight_decay`` loss term)."""
     return torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from torch import nn
 
 __all__ = ["TrainedModel", "find_model_file", "load_run_config", "load_trained", "resolve_pretrained",
-           "resolve_run_path", "resume_config", "save_trained", "trained_model_info"]
+           "resolve_run_path", "resume_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +54,22 @@ class TrainedModel:
 
     @property
     def label_names(self) -> list[str] | None:
-        """Name of each training label (index = label), when the run recorded them."""
+        """Name of each label, index = label (label 0, the background, first), when the run
+        recorded them (the saved ``info`` lists the names of labels 1..K)."""
         names = self.info.get("label_names")
-        return list(names) if names else None
+        if not names:
+            return None
+        names = [str(n) for n in names]
+        return ["__background__", *names] if len(names) == (self.num_classes or 0) - 1 else names
 
     def category_id(self, label: int) -> int:
-        """The annotation file's category id of training label ``label``."""
+        """The annotation file's category id of label ``label`` (``category_ids[label - 1]``)."""
         ids = self.info.get("category_ids")
-        return int(ids[label]) if ids and 0 <= label < len(ids) else int(label)
+        if not ids:
+            return int(label)
+        if len(ids) == (self.num_classes or 0) - 1:
+            return int(ids[label - 1]) if 1 <= label <= len(ids) else int(label)
+        return int(ids[label]) if 0 <= label < len(ids) else int(label)  # labels were the file's ids
 
 
 def find_model_file(path: str | os.PathLike) -> tuple[Path, Path | None]:
@@ -179,43 +187,6 @@ def load_trained(path: str | os.PathLike, *, device: str = "cpu", **overrides: A
     if run_dir is not None and not info.get("image_size") and cfg.get("image_size"):
         info["image_size"] = int(cfg["image_size"])
     return TrainedModel(model=model, name=name, info=info, path=file, run_dir=run_dir, config=cfg)
-
-
-def trained_model_info(cfg: Any, train_ds: Any, *, metrics: dict[str, Any] | None = None,
-                       steps: int | None = None) -> dict[str, Any]:
-    """The ``info`` dict a training run saves with its model: task, classes, label names and
-    the annotation file's category id of each label, image size, preprocessing, provenance."""
-    n = int(train_ds.num_classes)
-    names = getattr(train_ds, "category_names", {}) or {}
-    cat_ids = list(getattr(train_ds, "category_ids", None) or range(n))  # label -> file category id
-    label_names = [str(names.get(c, "")) or str(c) for c in cat_ids]
-    info: dict[str, Any] = {
-        "task": "detection", "num_classes": n, "label_names": label_names, "category_ids": cat_ids,
-        "image_size": int(cfg.image_size),
-        "preprocessing": {"input": "RGB, [0, 1]", "normalize": "ImageNet mean/std inside the model",
-                          "resize": f"long side to image_size ({int(cfg.image_size)}), padded"},
-        "train_ann": str(Path(cfg.train_ann).resolve()) if cfg.train_ann else None,
-        "pretrained": getattr(cfg, "weights", None),
-    }
-    if steps is not None:
-        info["steps"] = int(steps)
-    if metrics:
-        info["metrics"] = {k: float(v) for k, v in metrics.items() if k in ("AP", "AP50", "AP75")}
-    return info
-
-
-def save_trained(model: nn.Module, path: str | os.PathLike, info: dict[str, Any]) -> Path:
-    """Write a trained model in the saved-model format with ``info``; a model not built by
-    ``create_model`` (no recorded settings) is written as bare tensors, with a warning."""
-    from torchspine.models.saved import model_config, save_model
-
-    if model_config(model) is not None:
-        return save_model(model, path, info=info)
-    from torchspine.engine.checkpoint import save_weights
-
-    logger.warning("%s: the model was not built by create_model; writing its tensors without settings", path)
-    save_weights(path, getattr(model, "module", model))
-    return Path(path)
 
 
 def resolve_pretrained(source: str | os.PathLike) -> Path:

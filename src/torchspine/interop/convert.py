@@ -57,6 +57,7 @@ from torchspine.layers.blocks import BottleneckBlock, ResidualBlock
 from torchspine.layers.conv import ConvNormAct
 from torchspine.models.backbone import SpineNet
 from torchspine.models.registry import create_model, is_model
+from torchspine.specs.spec import CODEBASE_FLAVORS
 
 __all__ = [
     "CODEBASE_DEFAULTS",
@@ -73,10 +74,7 @@ log = logging.getLogger(__name__)
 Codebase = Literal["tpu", "mg"]
 
 # Padding convention and BN settings of each codebase (reference sections 4 and 7).
-CODEBASE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tpu": {"padding": "symmetric", "momentum": 0.997, "epsilon": 1e-4},
-    "mg": {"padding": "same", "momentum": 0.99, "epsilon": 1e-3},
-}
+CODEBASE_DEFAULTS: dict[str, dict[str, Any]] = CODEBASE_FLAVORS  # the one table, in torchspine.specs.spec
 
 _TF2_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _DUMP_SCRIPT = Path(__file__).with_name("tf_checkpoint_dump.py")

@@ -20,18 +20,18 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torchvision.ops import StochasticDepth
 
 from torchspine.layers.conv import ConvNormAct, create_act
+from torchspine.layers.dropout import DropPath
 from torchspine.specs.spec import NormSpec
 
 __all__ = ["BLOCK_REGISTRY", "BlockFamily", "BottleneckBlock", "ResidualBlock", "register_block"]
 
 
 def _drop_path(rate: float) -> nn.Module:
-    # torchvision's StochasticDepth in "row" mode is the official op: a per-sample
-    # Bernoulli(keep) mask on the residual branch, scaled by 1/keep during training.
-    return StochasticDepth(rate, mode="row") if rate > 0 else nn.Identity()
+    # The official op (nn_ops.drop_connect): a per-sample Bernoulli(keep) mask on the residual
+    # branch, scaled by 1/keep during training; DropPath can key its noise by sample.
+    return DropPath(rate) if rate > 0 else nn.Identity()
 
 
 class BottleneckBlock(nn.Module):
@@ -127,7 +127,13 @@ class BlockFamily:
 BLOCK_REGISTRY: dict[str, BlockFamily] = {}
 
 
-def register_block(name: str, family: BlockFamily) -> None:
+def register_block(name: str, family: BlockFamily, *, code: str | None = None) -> None:
+    """Register how to build block type ``name``; with ``code`` (one letter, its genome code)
+    specs may name the type too (:func:`torchspine.specs.register_block_type`)."""
+    if code is not None:
+        from torchspine.specs.spec import register_block_type
+
+        register_block_type(name, code)
     BLOCK_REGISTRY[name] = family
 
 

@@ -1,7 +1,9 @@
-"""Architecture as data: block, scaling, stem and norm specs, validation, JSON and genome codecs."""
+"""Architecture as data: block, scaling, stem and norm specs (checked when made), and their
+JSON and genome codecs (:mod:`torchspine.specs.codec`)."""
 
 from torchspine.specs.spec import (
     BLOCK_TYPE_CODES,
+    CODEBASE_FLAVORS,
     MAX_SUPPORTED_LEVEL,
     MIN_SUPPORTED_LEVEL,
     BlockSpec,
@@ -9,11 +11,14 @@ from torchspine.specs.spec import (
     ScalingSpec,
     SpineNetSpec,
     StemSpec,
+    codebase_overrides,
+    register_block_type,
 )
 from torchspine.specs.zoo import SPINENET_BLOCKS, SPINENET_SCALING, spinenet_spec
 
 __all__ = [
     "BLOCK_TYPE_CODES",
+    "CODEBASE_FLAVORS",
     "MAX_SUPPORTED_LEVEL",
     "MIN_SUPPORTED_LEVEL",
     "BlockSpec",
@@ -23,5 +28,7 @@ __all__ = [
     "StemSpec",
     "SPINENET_BLOCKS",
     "SPINENET_SCALING",
+    "codebase_overrides",
+    "register_block_type",
     "spinenet_spec",
 ]

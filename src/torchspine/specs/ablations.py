@@ -108,7 +108,7 @@ def ordering_spec(
         stem=StemSpec(block_levels=ordering.stem_levels, block_type=ordering.block_type),
         name=ordering.name,
     )
-    return spec.replace(**overrides) if overrides else spec.validate()
+    return spec.replace(**overrides) if overrides else spec
 
 
 def graph_damage(spec: SpineNetSpec, mode: DamageMode) -> SpineNetSpec:

@@ -1,16 +1,17 @@
-"""SpineNet-Mobile specs (paper Appendix A; reference sections 1-3 and 7).
+"""SpineNet-Mobile specs (paper Appendix A; tensorflow/tpu models/official/detection/modeling/architecture/spinenet_mbconv.py).
 
 Block table: official SpineNet-Mobile ``SPINENET_BLOCK_SPECS`` (tensorflow/tpu
 ``spinenet_mbconv.py``, identical in Model Garden ``spinenet_mobile.py``): 16 MBConv blocks;
 ``feats[0]`` is the L1 stem block and ``feats[1]`` the L2 stem block.
 
 Scaling presets: the released code has 49 / 49S / 49XS (scale 1.0 / 0.65 / 0.6, endpoints and
-head 48 / 40 / 24 filters). The paper copy (shared/paper/spinenet.md, Appendix A and Table 9)
+head 48 / 40 / 24 filters). The paper (Appendix A and Table 9)
 names four models 49XXS / 49XS / 49S / 49 at scales 0.6 / 0.65 / 0.75 / 1.0 with head filters
 24 / 40 / 48 / 48, so its 49XXS is the released 49XS, its 49XS the released 49S, and only its
 49S (0.75, 48) has no released counterpart. Those are kept under ``*_paper`` names.
 
-Two flavours follow the two official codebases (reference section 3 and 7):
+Two flavours follow the two official codebases (the table ``CODEBASE_FLAVORS`` in
+:mod:`torchspine.specs.spec`):
 
 * ``"tpu"`` (default; the code the paper links): swish everywhere, SE with swish inside and a
   sigmoid gate, BN 0.997 / 1e-4, symmetric fixed padding;
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from torchspine.specs.spec import BlockSpec, NormSpec, ScalingSpec, SpineNetSpec, StemSpec
+from torchspine.specs.spec import CODEBASE_FLAVORS, BlockSpec, NormSpec, ScalingSpec, SpineNetSpec, StemSpec
 
 __all__ = [
     "MOBILE_BLOCKS",
@@ -74,7 +75,7 @@ MOBILE_SCALING: dict[str, ScalingSpec] = {
     "49_paper": ScalingSpec(endpoints_num_filters=48, filter_size_scale=1.0),
 }
 
-# Training / profiling input size (reference section 8; paper copy Appendix A: 256 for 49XXS).
+# Training / profiling input size (official SpineNet-Mobile yamls; paper Appendix A: 256 for 49XXS).
 MOBILE_INPUT_SIZE: dict[str, int] = {
     "49": 384, "49s": 384, "49xs": 256,
     "49xxs_paper": 256, "49xs_paper": 384, "49s_paper": 384, "49_paper": 384,
@@ -91,13 +92,15 @@ def mobile_spec(model_id: str, *, flavor: Flavor = "tpu", **overrides: Any) -> S
     if key not in MOBILE_SCALING:
         raise ValueError(f"unknown SpineNet-Mobile model id {model_id!r}; known: {sorted(MOBILE_SCALING)}")
     if flavor == "tpu":
-        activation, se_act, se_gate, norm, padding = "swish", "swish", "sigmoid", NormSpec(0.997, 1e-4), "symmetric"
+        activation, se_act, se_gate = "swish", "swish", "sigmoid"
     elif flavor == "mg":
         # Model Garden yamls: hard_swish for 49 / 49S, swish for 49XS.
         activation = "swish" if key in ("49xs", "49xxs_paper") else "hard_swish"
-        se_act, se_gate, norm, padding = "relu", "hard_sigmoid", NormSpec(0.99, 1e-3), "same"
+        se_act, se_gate = "relu", "hard_sigmoid"
     else:
         raise ValueError(f"unknown SpineNet-Mobile flavor {flavor!r}; expected 'tpu' or 'mg'")
+    codebase = CODEBASE_FLAVORS[flavor]  # BN momentum / epsilon and padding of the official codebase
+    norm, padding = NormSpec(codebase["momentum"], codebase["epsilon"]), codebase["padding"]
     options = {"expand_ratio": 6, "kernel_size": 3, "se_ratio": 0.2, "se_activation": se_act, "se_gating": se_gate}
     # MBConv settings may be overridden by name (se_gating="hard_sigmoid", se_ratio=0.25, ...).
     for name in list(overrides):
@@ -115,4 +118,4 @@ def mobile_spec(model_id: str, *, flavor: Flavor = "tpu", **overrides: Any) -> S
         block_options=tuple(sorted(options.items())),
         name=f"spinenet_mobile{key}",
     )
-    return spec.replace(**overrides) if overrides else spec.validate()
+    return spec.replace(**overrides) if overrides else spec

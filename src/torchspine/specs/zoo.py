@@ -1,7 +1,7 @@
 """The published SpineNet specs and scaling presets.
 
 Block table: official ``SPINENET_BLOCK_SPECS`` (tensorflow/tpu ``spinenet.py``, identical in
-Model Garden beta); scaling: official ``SCALING_MAP`` (see shared reference, sections 1-2).
+Model Garden beta); scaling: official ``SCALING_MAP`` (tensorflow/tpu models/official/detection/modeling/architecture/spinenet.py).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ SPINENET_SCALING: dict[str, ScalingSpec] = {
     "143": ScalingSpec(endpoints_num_filters=256, filter_size_scale=1.0, resample_alpha=1.0, block_repeats=3),
     "143l": ScalingSpec(endpoints_num_filters=256, filter_size_scale=1.3, resample_alpha=1.0, block_repeats=3),
     "190": ScalingSpec(endpoints_num_filters=512, filter_size_scale=1.3, resample_alpha=1.0, block_repeats=4),
-    # The paper copy (shared/paper/spinenet.md, section 3.4) describes 49S as SpineNet-49 with
+    # The paper (section 3.4) describes 49S as SpineNet-49 with
     # every block's feature dimension scaled uniformly by 0.75 and 128 endpoint filters.
     # No official code uses 0.75 (the code and a later revision say 0.65).
     "49s_paper": ScalingSpec(endpoints_num_filters=128, filter_size_scale=0.75, resample_alpha=0.5, block_repeats=1),
@@ -57,4 +57,4 @@ def spinenet_spec(model_id: str, **overrides) -> SpineNetSpec:
     if key not in SPINENET_SCALING:
         raise ValueError(f"unknown SpineNet model id {model_id!r}; known: {sorted(SPINENET_SCALING)}")
     spec = SpineNetSpec(blocks=SPINENET_BLOCKS, scaling=SPINENET_SCALING[key], name=f"spinenet{key}")
-    return spec.replace(**overrides) if overrides else spec.validate()
+    return spec.replace(**overrides) if overrides else spec

@@ -42,7 +42,7 @@ from torchspine.models.backbone import SpineNet
 from torchspine.models.registry import register_model
 from torchspine.models.detection.retinanet import detector_backbone, split_detector_kwargs
 from torchspine.models.detection.transform import DetectionTransform, ResizeMode
-from torchspine.specs.spec import NormSpec
+from torchspine.specs.spec import CODEBASE_FLAVORS, NormSpec
 
 __all__ = ["MASKRCNN_PRESETS", "MaskRCNNPreset", "SpineNetMaskRCNN", "RPNHeadPerLevelBN", "ConvFCBoxHead",
            "MaskHead"]
@@ -234,8 +234,9 @@ def _maskrcnn(model_id: str, *, spec: Any = None, **kwargs: Any) -> SpineNetMask
     settings: dict[str, Any] = dict(image_size=preset.image_size, anchor_size=preset.anchor_size)
     settings.update(det)
     # Official Mask R-CNN SpineNet yamls: BN momentum 0.99, epsilon 1e-3 (reference section 7).
-    spec_overrides.setdefault("momentum", 0.99)
-    spec_overrides.setdefault("epsilon", 1e-3)
+    # (the Model Garden values of the codebase table).
+    spec_overrides.setdefault("momentum", CODEBASE_FLAVORS["mg"]["momentum"])
+    spec_overrides.setdefault("epsilon", CODEBASE_FLAVORS["mg"]["epsilon"])
     backbone = detector_backbone(model_id, spec, spec_overrides)
     if spec is not None:
         kwargs = dict(kwargs, spec=backbone.spec.to_dict())

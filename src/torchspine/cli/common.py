@@ -1,0 +1,117 @@
+"""Argument helpers shared by every command: ONE ``--set key=value`` parser, ``--device``,
+checked sizes and counts, and the run-folder / weights arguments.
+
+The typing rule of ``--set`` (the same in every command): the value is read as JSON
+(``true`` -> ``True``, ``0.25`` -> ``0.25``, ``null`` -> ``None``, ``[1, 2]``, ``{"a": 1}``,
+``"text"``); Python's spellings ``True`` / ``False`` / ``None`` are read as the same three
+values; anything else is a plain string (``activation=swish``). A value that cannot be
+honoured is an error (checked by the code that uses it, naming the key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["add_device_argument", "add_set_argument", "check_device", "int_at_least", "parse_set",
+           "parse_set_value", "image_size", "run_folder_weights"]
+
+_PYTHON_SPELLINGS = {"True": True, "False": False, "None": None}
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+# The smallest image side a detector or classifier is run at from the command line: the stem
+# alone divides by 4, and SpineNet's P7 has stride 128 (smaller images are padded up).
+MIN_IMAGE_SIZE = 32
+
+
+def parse_set_value(raw: str) -> Any:
+    """One ``--set`` value by the module's typing rule."""
+    text = raw.strip()
+    if text in _PYTHON_SPELLINGS:
+        return _PYTHON_SPELLINGS[text]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return raw  # a bare string such as swish
+
+
+def parse_set(items: list[str] | None, *, option: str = "--set") -> dict[str, Any]:
+    """``["a=1", "b.c=true", "act=swish"]`` -> ``{"a": 1, "b.c": True, "act": "swish"}``.
+
+    Raises ``ValueError`` naming the item for a missing ``=``, an empty or malformed key, or a
+    key given twice.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"{option} {item!r}: expected KEY=VALUE (e.g. {option} filter_size_scale=0.25)")
+        if not _KEY.fullmatch(key):
+            raise ValueError(f"{option} {item!r}: {key!r} is not a field name (letters, digits, _ and dots)")
+        if key in out:
+            raise ValueError(f"{option} {item!r}: {key!r} is set twice")
+        out[key] = parse_set_value(raw)
+    return out
+
+
+def add_set_argument(p: argparse.ArgumentParser, *, dest: str = "sets", help: str | None = None) -> None:
+    """The ``--set KEY=VALUE`` option (repeatable); parse it with :func:`parse_set`."""
+    p.add_argument("--set", dest=dest, action="append", default=[], metavar="KEY=VALUE",
+                   help=help or "a setting, repeatable; the value is JSON (true, 0.25, [1, 2], null) or a plain "
+                                "string: --set filter_size_scale=0.25 --set activation=swish")
+
+
+def int_at_least(minimum: int, what: str = "value") -> Callable[[str], int]:
+    """An argparse ``type`` accepting integers >= ``minimum`` (the error names the value)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+image_size = int_at_least(MIN_IMAGE_SIZE, "image size (pixels)")
+
+
+def check_device(name: str) -> str:
+    """An argparse ``type`` for ``--device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", name):
+        return name
+    raise argparse.ArgumentTypeError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
+
+
+def add_device_argument(p: argparse.ArgumentParser, *, default: str | None = "auto") -> None:
+    p.add_argument("--device", type=check_device, default=default,
+                   help="auto (CUDA when available), cpu, cuda, cuda:N or mps" +
+                        (f" (default {default})" if default else ""))
+
+
+def run_folder_weights(run: str | None, weights: str | None, *, name: str = "model.safetensors") -> Path:
+    """The weights of a command: ``weights`` when given, else ``run/name``; errors name the path."""
+    if weights:
+        path = Path(weights)
+        if path.is_dir():
+            path = path / name
+        if not path.is_file():
+            raise FileNotFoundError(f"weights {str(path)!r} not found")
+        return path
+    if not run:
+        raise ValueError("give a training output folder or --weights FILE")
+    folder = Path(run)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"run folder {str(folder)!r} not found")
+    path = folder / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} not found: is {str(folder)!r} a finished training output folder?")
+    return path

@@ -1,0 +1,132 @@
+"""Put a training run together on the one loop: data order, optimizer and schedule, EMA, AMP,
+hooks, resume. Detection (:mod:`torchspine.engine.trainer`) and classification
+(:mod:`torchspine.engine.classification`) build their model, data, loss and evaluation, then
+call :func:`fit`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from torchspine.engine.hooks import CheckpointHook, EvalHook, LogHook, resume
+from torchspine.engine.loop import ResumableBatchSampler, Trainer, make_loader
+from torchspine.engine.optim import build_ema, build_optimizer, build_scheduler
+
+__all__ = ["CHECKPOINT_NAME", "FitOptions", "FitResult", "amp_dtype_for", "fit"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class FitOptions:
+    """What :func:`fit` needs beyond the model, data and loss (the tasks fill it from their configs)."""
+
+    output_dir: Path
+    batch_size: int  # global
+    total_steps: int
+    lr: float  # peak, already scaled to the batch
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    num_workers: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    warmup_steps: int = 0
+    warmup_init_factor: float = 0.0
+    schedule: str = "step"
+    decay_steps: tuple[int, ...] = ()
+    decay_factor: float = 0.1
+    min_lr_ratio: float = 0.0
+    grad_clip_norm: float = 0.0
+    ema_decay: float = 0.0
+    amp: bool = False
+    amp_dtype: str = "auto"
+    resume: bool = False
+    checkpoint_interval: int = 0
+    eval_interval: int = 0
+    log_interval: int = 10
+    tensorboard: bool = False
+    progress: bool = True
+    shuffle: bool = True
+
+
+@dataclass
+class FitResult:
+    trainer: Trainer
+    steps: int
+    final_eval: dict[str, Any] | None
+    evals: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    train_seconds: float
+    images_per_second: float
+    steps_per_epoch: int
+
+
+def amp_dtype_for(device: torch.device, amp: bool, name: str = "auto") -> torch.dtype | None:
+    """The autocast dtype: ``None`` off the GPU or when disabled; ``auto`` prefers bf16."""
+    if not amp or device.type != "cuda":
+        return None
+    if name == "float16":
+        return torch.float16
+    if name == "bfloat16":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def fit(*, model: nn.Module, train_model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], dataset: Any,
+        collate: Callable[[list], Any], opts: FitOptions,
+        evaluate: Callable[[nn.Module, int], dict[str, Any] | None] | None = None,
+        summary: Callable[[dict[str, Any]], str] | None = None,
+        on_step: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
+    """Train ``model`` (``train_model`` is what the step calls: ``model`` or its DDP wrapper).
+
+    ``evaluate(eval_model, step)`` scores the EMA weights when there are any, else ``model``.
+    """
+    out = Path(opts.output_dir)
+    optimizer = build_optimizer(model, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
+    scheduler = build_scheduler(optimizer, total_steps=opts.total_steps,
+                                warmup_steps=min(opts.warmup_steps, opts.total_steps),
+                                warmup_init_factor=opts.warmup_init_factor, schedule=opts.schedule,  # type: ignore[arg-type]
+                                decay_steps=opts.decay_steps, decay_factor=opts.decay_factor,
+                                min_lr_ratio=opts.min_lr_ratio)
+    ema = build_ema(model, opts.ema_decay) if opts.ema_decay > 0 else None
+    amp_dtype = amp_dtype_for(opts.device, opts.amp, opts.amp_dtype)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    ckpt = out / CHECKPOINT_NAME
+
+    sampler = ResumableBatchSampler(len(dataset), opts.batch_size, seed=opts.seed, rank=opts.rank,
+                                    world_size=opts.world_size, shuffle=opts.shuffle)
+    trainer = Trainer(train_model, loss_fn, None, optimizer, scheduler=scheduler, device=opts.device,
+                      amp_dtype=amp_dtype, scaler=scaler, grad_clip_norm=opts.grad_clip_norm, ema=ema,
+                      checkpoint_path=ckpt)
+    eval_model = ema.module if ema is not None else model
+    log = LogHook(opts.log_interval, total_steps=opts.total_steps, batch_size=opts.batch_size,
+                  progress=opts.progress, tensorboard_dir=out / "tb" if opts.tensorboard else None, on_step=on_step)
+    ev = EvalHook(opts.eval_interval, (lambda step: evaluate(eval_model, step)) if evaluate else (lambda step: None),
+                  summary)
+    trainer.register_hooks([log, ev, CheckpointHook(ckpt, opts.checkpoint_interval,
+                                                    steps_per_epoch=sampler.steps_per_epoch)])
+    start = 0
+    if opts.resume:
+        if ckpt.is_file():
+            start = resume(trainer, ckpt, rank=opts.rank)
+        else:
+            logger.warning("resume: no checkpoint at %s, starting from scratch", ckpt)
+    sampler.start_step = start
+    # Built after the resume, from its own generator: creating it draws from no global RNG.
+    trainer.data = make_loader(dataset, sampler, collate=collate, seed=opts.seed, num_workers=opts.num_workers,
+                               pin_memory=opts.device.type == "cuda")
+    trainer.train(start, opts.total_steps)
+    done = opts.total_steps - start
+    return FitResult(trainer=trainer, steps=trainer.iter, final_eval=ev.final, evals=ev.evals, history=log.history,
+                     train_seconds=log.train_seconds,
+                     images_per_second=done * opts.batch_size / max(log.train_seconds, 1e-9),
+                     steps_per_epoch=sampler.steps_per_epoch)
