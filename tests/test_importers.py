@@ -61,11 +61,11 @@ def test_voc_errors_name_file_and_field(tmp_path):
         import_voc(tmp_path / "xml", images, classes=["car"])
 
 
-def test_voc_box_outside_image_is_reported_like_data_check(tmp_path):
+def test_voc_box_outside_image_is_noted_like_data_check(tmp_path):
     images = _images(tmp_path / "img", {"a.jpg": (64, 64)})
     _voc(tmp_path / "xml" / "a.xml", "a.jpg", (64, 64), [("tree", 50, 50, 90, 60, 0)])
     r = import_voc(tmp_path / "xml", images)
-    assert [p.kind for p in r.report.problems] == ["box_outside_image"]
+    assert r.ok and [p.kind for p in r.report.notes] == ["box_clipped"]  # data check: clipped at training
 
 
 def test_yolo_import(tmp_path):
@@ -120,12 +120,15 @@ def test_data_import_command_writes_checked_coco(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["annotations"][0]["bbox"] == [10.0, 20.0, 30.0, 30.0]
     assert main(["data", "check", str(out), "--images", str(images)]) == 0
-    # a box outside its image: reported, nothing written, exit 1
-    (tmp_path / "b.csv").write_text("path,x1,y1,x2,y2,class\nt1.png,100,20,400,50,tree\n")
+    # a truncated image (its header still gives the size): reported by name, nothing written, exit 1
+    data = (images / "t1.png").read_bytes()
+    (images / "t2.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "b.csv").write_text("path,x1,y1,x2,y2,class\nt1.png,10,20,40,50,tree\nt2.png,1,1,5,5,tree\n")
     rc = main(["data", "import", "--format", "csv", "--ann", str(tmp_path / "b.csv"), "--images", str(images),
                "--out", str(tmp_path / "bad.json")])
+    out = capsys.readouterr().out
     assert rc == 1 and not (tmp_path / "bad.json").exists()
-    assert "box_outside_image" in capsys.readouterr().out
+    assert "corrupt_image" in out and "t2.png" in out
 
 
 def test_voc_and_csv_of_the_walkthrough_dataset_agree(tmp_path):

@@ -105,6 +105,8 @@ def run_import_tile(args: argparse.Namespace) -> int:
         classes = read_class_names(args.classes) if args.classes else None
         result = import_annotations(args.import_format, args.ann, args.images, classes=classes)
         coco = result.coco
+        if result.report.notes:
+            print(result.report.notes_summary(limit=100))
         if not result.ok:
             print(result.report.summary(limit=100))
             print(f"not written: fix the {args.import_format} annotations above, then import again")
