@@ -107,12 +107,17 @@ def _train_detector(args: argparse.Namespace) -> int:
             print(name)
         return 0
     over = config_overrides(args)
-    if args.resume:
+    out = over.get("output_dir") or load_config(args.config or DEFAULT_RECIPE).output_dir
+    if args.resume and not (Path(out) / "config.json").is_file() and (Path(out) / "checkpoint.pt").is_file():
+        # a checkpoint without the run's config (written by hand or by an old version): the arguments say it all
+        cfg = load_config(args.config or DEFAULT_RECIPE, **over)
+        if args.spec:
+            cfg = cfg.replace(model_overrides={**cfg.model_overrides, "spec": args.spec})
+    elif args.resume:
         from torchspine.engine.config import recipe_path
         from torchspine.engine.runs import resume_config
         from torchspine.utils import read_json
 
-        out = over.get("output_dir") or load_config(args.config or DEFAULT_RECIPE).output_dir
         recipe = read_json(recipe_path(args.config), what="recipe file") if args.config else None
         flags = {a.dest: a.option_strings[-1] for a in _PARSER_ACTIONS}
         flags.update({"model_overrides": "--set model_overrides / --spec", "progress": "--no-progress"})
