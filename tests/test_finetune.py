@@ -92,11 +92,11 @@ def test_train_weights_cli_starts_from_the_run_and_records_it(tmp_path):
     ft = tmp_path / "ft"
     # no --model / --set model_overrides: the architecture comes from the weights
     assert main(["train", "--config", "finetune", "--weights", str(pre), "--out", str(ft), *common,
-                 "--set", "lr=1e-9", "--set", "momentum=0"]) == 0
+                 "--freeze-bn", "--set", "lr=1e-9", "--set", "momentum=0"]) == 0
     cfg = json.loads((ft / "config.json").read_text())
     assert cfg["weights"] == str(pre / "model.safetensors") and cfg["model_overrides"]["filter_size_scale"] == 0.125
     a, b = load_file(pre / "model.safetensors"), load_file(ft / "model.safetensors")
-    # lr ~0 and frozen backbone BN (the finetune recipe): backbone convolutions unchanged to float precision
+    # lr ~0 and frozen backbone BN: backbone convolutions unchanged to float precision
     conv = [k for k in a if k.startswith("backbone.") and k.endswith("conv.weight")]
     assert conv and all(torch.allclose(a[k], b[k], atol=1e-6) for k in conv)
     bn = [k for k in a if k.startswith("backbone.") and k.endswith("running_mean")]
