@@ -71,6 +71,13 @@ def test_predict_export_eval_from_another_folder(run, tmp_path, monkeypatch, cap
     assert "--image-size 128 overrides the size the model was trained at (96)" in err
     got = {Path(m["file_name"]).name: m["id"] for m in json.loads(Path("pred2/images.json").read_text())}
     assert got == {im["file_name"]: im["id"] for im in val["images"]}
+    # tiles of 64 px with 50 % overlap over the 96 px images: 4 tiles each, boxes back in image pixels
+    assert main(["predict", str(images), "--weights", str(run), "--out", "pred3", "--tile", "64", "--overlap", "0.5",
+                 "--merge", "weighted", "--score-thresh", "0.0"]) == 0
+    assert "tiles of 64" in capsys.readouterr().out
+    for d in json.loads(Path("pred3/detections.json").read_text()):
+        x, y, w, h = d["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= 96.01 and y + h <= 96.01
     assert main(["eval", str(run), "--json", "eval.json"]) == 0
     out = capsys.readouterr().out
     assert "APl" in out and out.count("type ") == 1

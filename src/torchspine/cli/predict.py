@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -97,6 +98,11 @@ def load_detector(args: argparse.Namespace) -> tuple[torch.nn.Module, list[str] 
     """The model, its label names (index = label) and label -> category id."""
     kwargs = parse_set(args.overrides)
     kwargs.setdefault("score_thresh", args.score_thresh)  # the model's own post-NMS filter
+    w = str(args.weights or "")
+    if w and not Path(w).exists() and os.sep not in w and not w.endswith((".safetensors", ".pt", ".pth")):
+        from torchspine.engine.runs import resolve_pretrained
+
+        args.weights = str(resolve_pretrained(w))  # a catalogue name (torchspine.weights)
     if args.weights and _is_trained(args.weights):
         from torchspine.engine.runs import load_trained
 
