@@ -1,4 +1,5 @@
-"""The SpineNet backbone against the official models (issue #2 items 3-6; reference sections 3-9)."""
+"""The SpineNet backbone against the official models (paper section 3;
+tensorflow/tpu models/official/detection/modeling/architecture/spinenet.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _meta(name: str, **overrides) -> nn.Module:
 
 
 # ------------------------------------------------------------- parameters and MACs
-# Backbone + endpoints trainable parameters: issue #2 item 6 / reference section 9 (exact).
+# Backbone + endpoints trainable parameters, exact: the sum of the official TPU graph's trainable variables.
 OFFICIAL_PARAMS = {
     "spinenet49s": 9_089_215,
     "spinenet49": 21_831_488,
@@ -30,12 +31,12 @@ OFFICIAL_PARAMS = {
     "spinenet143l": 100_796_257,
     "spinenet190": 126_587_664,
 }
-# Backbone without endpoints, reference section 9 (millions, rounded to 3 decimals).
+# Backbone without endpoints, official TPU graph (millions, rounded to 3 decimals).
 OFFICIAL_BACKBONE_PARAMS_M = {
     "spinenet49s": 8.705, "spinenet49": 20.649, "spinenet96": 35.081, "spinenet143": 59.065,
     "spinenet190": 123.523,
 }
-# Conv multiply-adds of backbone + endpoints (reference section 9), billions, at the published size.
+# Conv multiply-adds of backbone + endpoints (official TPU graph), billions, at the published size.
 OFFICIAL_MACS = {
     "spinenet49s": (640, 12.33),
     "spinenet49": (640, 28.26),

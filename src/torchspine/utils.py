@@ -1,5 +1,6 @@
 """Small shared helpers: atomic file writes with errors that name the file, stale temporary
-files, JSON files read with errors that name the file."""
+files, JSON files read with errors that name the file, device resolution, and the ImageNet
+normalisation constants."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import torch
+
+# ImageNet mean / std (RGB, 0-1 scale): the input normalisation of the official SpineNet models
+# (tensorflow/tpu models/official/detection/utils/input_utils.py normalize_image), used by the
+# detectors' transform, the classification data and the timm entry points.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 logger = logging.getLogger(__name__)
 
@@ -118,3 +128,21 @@ def read_json(path: str | os.PathLike, *, what: str = "file") -> Any:
         raise ValueError(f"{path}: not a text (JSON) file ({e})") from e
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def resolve_device(name: str | None = "auto", *, local_rank: int | None = None) -> "torch.device":
+    """``"auto"`` (or ``None``) -> CUDA if available else CPU; ``"cuda"`` with ``local_rank`` ->
+    that rank's GPU. A CUDA device without CUDA is a ValueError naming the device."""
+    import torch
+
+    name = "auto" if name is None else str(name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    if name == "cuda" and local_rank is not None:
+        name = f"cuda:{local_rank}"
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device {name!r} is not a valid torch device ({e})") from e

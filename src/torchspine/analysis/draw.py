@@ -6,7 +6,8 @@ and a diamond for a residual block, marks output blocks with a red border and dr
 cross-scale connection. :func:`draw_spec` does the same for any valid
 :class:`~torchspine.specs.SpineNetSpec` (the zoo, a search result as JSON or genome, an
 ablation): MBConv blocks are drawn as hexagons and ResNeXt blocks as hatched rectangles;
-connections added by the zero-out-degree rule (paper section 3.3) are dashed.
+connections added by the zero-out-degree rule (paper section 3.3,
+:func:`~torchspine.models.backbone.zero_outdegree_extras`, the builder's own rule) are dashed.
 
 Hand-written with matplotlib patches because a layered graph layout (graphviz) would not keep
 the paper's fixed vertical build order and resolution-proportional widths.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from torchspine.models.backbone import find_backbone, zero_outdegree_extras
 from torchspine.specs.spec import SpineNetSpec
 
 __all__ = ["draw_spec", "resolve_spec", "zero_outdegree_extras"]
@@ -50,43 +52,11 @@ def resolve_spec(spec_or_name: str) -> SpineNetSpec:
         raise ValueError(f"{text!r} is not a registered model name, an existing spec file, or a genome ('v1|...')")
     import torch
 
-    from torchspine.models.backbone import SpineNet
-
     with torch.device("meta"):
-        model = create_model(text)
-    for m in model.modules():
-        if isinstance(m, SpineNet):
-            return m.spec
-    raise ValueError(f"model {text!r} has no SpineNet backbone to draw")
-
-
-def zero_outdegree_extras(spec: SpineNetSpec) -> dict[int, list[int]]:
-    """``{block index: [feats indices]}`` added to output blocks by the zero-out-degree rule.
-
-    Same rule as the backbone builder (reference section 5): an output block also receives every
-    earlier feature of its level and width that nothing has consumed yet. The width test is
-    done on block families: same level and same block family output width.
-    """
-    from torchspine.layers.blocks import BLOCK_REGISTRY
-
-    infos = []  # (level, channels)
-    for lvl in spec.stem.block_levels:
-        fam = BLOCK_REGISTRY.get(spec.stem.block_type)
-        infos.append((lvl, fam.out_channels(spec.filters(lvl)) if fam else spec.filters(lvl)))
-    outdeg = [0] * (len(infos) + len(spec.blocks))
-    extras: dict[int, list[int]] = {}
-    for i, b in enumerate(spec.blocks):
-        fam = BLOCK_REGISTRY.get(b.block_type)
-        channels = fam.out_channels(spec.filters(b.level)) if fam else spec.filters(b.level)
-        for p in b.input_offsets:
-            outdeg[p] += 1
-        if b.is_output and spec.zero_outdegree_connections:
-            for j, (lvl, ch) in enumerate(infos):
-                if outdeg[j] == 0 and lvl == b.level and ch == channels:
-                    extras.setdefault(i, []).append(j)
-                    outdeg[j] += 1
-        infos.append((b.level, channels))
-    return extras
+        backbone = find_backbone(create_model(text))
+    if backbone is None:
+        raise ValueError(f"model {text!r} has no SpineNet backbone to draw")
+    return backbone.spec
 
 
 def draw_spec(

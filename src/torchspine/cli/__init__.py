@@ -29,6 +29,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("profile", "torchspine.cli.profile", "parameters and multiply-adds beside the published figures"),
     ("classify", "torchspine.cli.classify", "image classification: built-in data, train, top-1/top-5 eval"),
     ("predict", "torchspine.cli.predict", "detect objects in images: drawn images + COCO-format JSON"),
+    ("weights", "torchspine.cli.weights", "official pretrained weights: list the catalogue, download + convert"),
     ("convert", "torchspine.cli.convert", "official TensorFlow checkpoint -> torchspine safetensors"),
     ("export", "torchspine.cli.export", "export a model to ONNX (checked with onnxruntime)"),
     ("draw", "torchspine.cli.draw", "draw an architecture like the paper's Figure 3 (.svg/.png)"),

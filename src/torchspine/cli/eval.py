@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from torchspine.engine.evaluate import evaluate_coco, format_table
     from torchspine.engine.trainer import resolve_device
     from torchspine.engine.runs import load_run_config, load_trained, resolve_run_path
+    from torchspine.models.registry import model_info
     from torchspine.models.saved import load_weights, read_model_metadata
 
     cfg: dict = load_run_config(args.run) if args.run else {}
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                   f"at ({trained.image_size})", file=sys.stderr)
         model, name = trained.model, trained.name
         category_ids = trained.info.get("category_ids")
-        with_masks = name.startswith("maskrcnn")
+        with_masks = model_info(name).task == "instance_segmentation"
         dataset = CocoDetection(ann, images, with_masks=with_masks, category_ids=category_ids)
     else:
         from torchspine.engine.build import build_model
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         if cfg.get("stochastic_depth_rate") is not None:
             overrides.setdefault("stochastic_depth_rate", cfg["stochastic_depth_rate"])
         image_size = args.image_size or cfg.get("image_size") or 640
-        with_masks = name.startswith("maskrcnn")
+        with_masks = model_info(name).task == "instance_segmentation"
         dataset = CocoDetection(ann, images, with_masks=with_masks)
         category_ids = dataset.category_ids
         model = build_model(name, num_classes=dataset.num_classes, image_size=image_size, overrides=overrides)

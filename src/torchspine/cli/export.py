@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
@@ -16,8 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model name: a backbone (spinenet49), classifier (spinenet49_cls) or detector "
                         "(retinanet_spinenet49); not needed with a run folder or saved model as --weights")
     p.add_argument("--weights", default=None, metavar="RUN_OR_FILE",
-                   help="a training run folder or saved model file (its model, settings and image size are used), "
-                        "a `torchspine convert` output, or a safetensors / torch state dict for --model")
+                   help="a training run folder or saved model file (its model, settings and trained image size are "
+                        "used), a catalogue tag or name (coco, imagenet, retinanet_spinenet49.coco; see `torchspine "
+                        "weights list`), or a safetensors / torch state dict for --model")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (onnx)")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--size", type=int_at_least(MIN_IMAGE_SIZE, "--size"), nargs="+", default=None, metavar="N",
@@ -50,7 +50,7 @@ def _load_model_unchecked(args: argparse.Namespace) -> torch.nn.Module:
     if args.weights:
         from torchspine.cli.predict import _is_trained
 
-        if _is_trained(args.weights):
+        if _is_trained(args.weights):  # a run folder or saved model: rebuilt from its own settings
             from torchspine.engine.runs import load_trained
 
             trained = load_trained(args.weights, **overrides)
@@ -63,37 +63,8 @@ def _load_model_unchecked(args: argparse.Namespace) -> torch.nn.Module:
     if not args.model:
         raise ValueError("give --model NAME (or a run folder / saved model as --weights)")
     if args.weights:
-        from safetensors import safe_open
-
-        if str(args.weights).endswith(".safetensors"):
-            try:
-                with safe_open(args.weights, framework="pt") as f:
-                    meta = f.metadata() or {}
-            except FileNotFoundError:
-                raise FileNotFoundError(f"weights file not found: {args.weights}") from None
-            except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-                raise ValueError(f"weights {args.weights}: not a readable safetensors file ({e})") from e
-            if meta.get("format") == "torchspine.converted/1":
-                from safetensors.torch import load_file
-
-                from torchspine.interop.convert import build_converted
-
-                if meta["model"] != args.model:
-                    raise ValueError(f"{args.weights} holds converted weights of {meta['model']}, not {args.model}")
-                merged = {**json.loads(meta["overrides"]), **overrides}
-                return build_converted(args.model, merged, load_file(args.weights))
-            from safetensors.torch import load_file
-
-            state = load_file(args.weights)
-        else:
-            from torchspine.models.saved import load_state_dict
-
-            state = load_state_dict(args.weights)  # errors name the file
-            if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-                state = state["model"]
-        model = create_model(args.model, **overrides)
-        model.load_state_dict(state, strict=True)
-        return model.eval()
+        # A catalogue tag (coco, imagenet ...) is fetched; any other file is a state dict for --model.
+        return create_model(args.model, weights=args.weights, **overrides).eval()
     return create_model(args.model, **overrides).eval()
 
 

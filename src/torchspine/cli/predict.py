@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -33,8 +34,7 @@ from torchspine.data.images import find_images, read_image
 from torchspine.engine.evaluate import to_coco_results
 from torchspine.engine.predict import predict
 from torchspine.models.optimize import prepare_for_inference
-from torchspine.models.registry import create_model
-from torchspine.models.saved import load_weights
+from torchspine.models.registry import create_model, model_info
 from torchspine.utils import atomic_write, atomic_write_text
 
 
@@ -42,14 +42,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     p.add_argument("--weights", default=None, metavar="RUN_OR_FILE",
                    help="a training run folder or saved model file (brings model, settings, image size and class "
-                        "names), or a bare weights file for --model; without it the model is randomly initialised "
-                        "(a warning is printed)")
+                        "names), catalogue weights (coco, or a name from `torchspine weights list`; downloaded "
+                        "once), or a safetensors file / training checkpoint for --model; without it the model is "
+                        "randomly initialised (a warning is printed)")
     p.add_argument("--model", default=None,
-                   help="registered detector name, for bare weights or none (default: the run's, else "
+                   help="registered detector name, for catalogue or bare weights or none (default: the run's, else "
                         "retinanet_spinenet49)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--num-classes", type=int, default=None,
-                   help="classes of bare weights (default: the run's, else 91 = COCO)")
+                   help="classes of bare weights (default: the saved model's, else 91 = COCO)")
     p.add_argument("--image-size", type=image_size, default=None,
                    help="target long side (default: the run's trained size, else the model's)")
     p.add_argument("--score-thresh", type=float, default=0.3,
@@ -94,49 +95,47 @@ def _is_trained(weights: str) -> bool:
         return (p.parent / "config.json").is_file()  # a run's model file from before the info dict
 
 
-def load_detector(args: argparse.Namespace) -> tuple[torch.nn.Module, list[str] | None, callable]:
-    """The model, its label names (index = label) and label -> category id."""
+def load_detector(args: argparse.Namespace) -> tuple[torch.nn.Module, list[str] | None, Callable[[int], int]]:
+    """The model, its label names (index = label) and label -> the annotation file's category id."""
+    from torchspine.engine.runs import TrainedModel, load_trained
+
     kwargs = parse_set(args.overrides)
     kwargs.setdefault("score_thresh", args.score_thresh)  # the model's own post-NMS filter
-    w = str(args.weights or "")
-    if w and not Path(w).exists() and os.sep not in w and not w.endswith((".safetensors", ".pt", ".pth")):
-        from torchspine.engine.runs import resolve_pretrained
-
-        args.weights = str(resolve_pretrained(w))  # a catalogue name (torchspine.weights)
-    if args.weights and _is_trained(args.weights):
-        from torchspine.engine.runs import load_trained
-
-        if args.image_size:
-            kwargs["image_size"] = args.image_size
-        if args.num_classes is not None:
-            kwargs["num_classes"] = args.num_classes
+    if args.image_size:
+        kwargs["image_size"] = args.image_size
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    if args.weights and _is_trained(args.weights):  # a run folder or saved model: its own settings
         trained = load_trained(args.weights, **kwargs)
         if args.model and args.model != trained.name:
             raise ValueError(f"--model {args.model} differs from the model of {trained.path} ({trained.name}); "
                              f"leave --model out")
-        trained_size = trained.image_size
-        if args.image_size and trained_size and args.image_size != trained_size:
+        if args.image_size and trained.image_size and args.image_size != trained.image_size:
             print(f"torchspine predict: warning: --image-size {args.image_size} overrides the size the model was "
-                  f"trained at ({trained_size}); detections may be much worse", file=sys.stderr)
-        model = trained.model
-        names = trained.label_names or class_names_for(trained.num_classes or 0)
-        return model, names, trained.category_id
-    num_classes = args.num_classes if args.num_classes is not None else 91
-    kwargs["num_classes"] = num_classes
-    if args.image_size:
-        kwargs["image_size"] = args.image_size
-    name = args.model or "retinanet_spinenet49"
-    from torchspine.models.registry import is_model, model_info
-
-    if is_model(name) and model_info(name).task not in ("detector", "instance_segmentation"):
-        raise ValueError(f"--model {name!r} is a {model_info(name).task}, not a detector "
-                         "(try retinanet_spinenet49 or maskrcnn_spinenet49)")
-    model = create_model(name, **kwargs)
-    if args.weights:
-        load_weights(model, args.weights)
+                  f"trained at ({trained.image_size}); detections may be much worse", file=sys.stderr)
     else:
-        print("torchspine predict: warning: no --weights given, using random initialisation", file=sys.stderr)
-    return model, class_names_for(num_classes), int
+        name = args.model or "retinanet_spinenet49"
+        if model_info(name).task not in ("detector", "instance_segmentation"):
+            raise ValueError(f"--model {name!r} is a {model_info(name).task}, not a detector "
+                             "(try retinanet_spinenet49 or maskrcnn_spinenet49)")
+        if not args.weights:
+            kwargs.setdefault("num_classes", 91)
+            model = create_model(name, **kwargs)
+            print("torchspine predict: warning: no --weights given, using random initialisation", file=sys.stderr)
+        else:  # catalogue weights (fetched once) or a state dict for --model
+            if args.num_classes is None and not _looks_like_catalogue(args.weights):
+                kwargs.setdefault("num_classes", 91)
+            model = create_model(name, weights=args.weights, **kwargs)
+        info = dict(getattr(model, "torchspine_info", None) or {})
+        info.setdefault("num_classes", getattr(getattr(model, "head", None), "num_classes", None)
+                        or kwargs.get("num_classes", 91))
+        trained = TrainedModel(model=model, name=name, info=info, path=Path(str(args.weights or name)))
+    names = trained.label_names or class_names_for(trained.num_classes or 0)
+    return trained.model, names, trained.category_id
+
+
+def _looks_like_catalogue(weights: str) -> bool:
+    return not Path(weights).exists() and os.sep not in weights and not weights.endswith((".safetensors", ".pt", ".pth"))
 
 
 def _image_ids(ann: str | None, files: list[Path]) -> dict[Path, int]:
@@ -165,8 +164,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model or args.weights!r} is not a detector (try retinanet_spinenet49 or a "
                          f"detection run folder)")
     model.eval()
-    # A saved model (models/saved.py) carries the file's category ids of its labels 1..K.
-    category_ids = (getattr(model, "torchspine_info", None) or {}).get("category_ids")
     if not args.no_optimize:
         model = prepare_for_inference(model)
     out_dir = Path(args.out)

@@ -8,7 +8,7 @@ import json
 import torch
 
 from torchspine.cli.common import image_size
-from torchspine.models.registry import create_model, list_models
+from torchspine.models.registry import create_model, list_models, model_info
 from torchspine.analysis.profile import PUBLISHED, profile_model
 
 DEFAULT_MODELS = ("spinenet49s", "spinenet49", "spinenet96", "spinenet143", "spinenet143l", "spinenet190")
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         if row["paper_params_m"] is not None or row["paper_macs_b"] is not None:
             pp = f"{row['paper_params_m']}M" if row["paper_params_m"] is not None else "-"
             print(f"  {'paper copy (params / MACs)':28s} {'':>16s} {pp + ' / ' + _fmt_b(row['paper_macs_b']):>16s}")
-        if pub is not None and pub.source and name.split("_")[0] in ("retinanet", "maskrcnn"):
+        if pub is not None and pub.source and model_info(name).task in ("detector", "instance_segmentation"):
             print(f"  source: {pub.source}")
     if args.json_out:
         from torchspine.utils import atomic_write_text

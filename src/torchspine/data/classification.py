@@ -19,8 +19,7 @@ import os
 import random
 from pathlib import Path
 
-from torchspine.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # one definition for the data side
-from torchspine.utils import atomic_write
+from torchspine.utils import IMAGENET_MEAN, IMAGENET_STD, atomic_write  # IMAGENET_*: re-exported
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SHAPES", "classification_transforms", "image_folder",
            "make_shapes_dataset"]

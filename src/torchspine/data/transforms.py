@@ -25,6 +25,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from torchspine.utils import IMAGENET_MEAN, IMAGENET_STD  # re-exported
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -36,8 +38,6 @@ __all__ = [
     "build_eval_transforms",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Target = dict[str, Any]
 Transform = Callable[[torch.Tensor, Target, torch.Generator], tuple[torch.Tensor, Target]]

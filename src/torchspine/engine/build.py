@@ -2,7 +2,7 @@
 
 ``spec`` (a :class:`SpineNetSpec`, its dict, a JSON path or a genome string) replaces the
 named model's backbone spec while keeping its detector preset (head, anchors, image size):
-this is how searched architectures are trained (the search's proxy task).
+this is how searched architectures are trained (the search proxy task, paper section 4.1).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from torchspine.layers.dropout import add_dropblock
-from torchspine.models.registry import create_model
+from torchspine.models.registry import create_model, model_info
 
 __all__ = ["build_model", "add_dropblock"]  # add_dropblock lives in torchspine.layers.dropout
 
@@ -33,7 +33,7 @@ def build_model(name: str, *, num_classes: int, image_size: int, overrides: dict
     kw = dict(overrides or {})
     kw.setdefault("num_classes", num_classes)
     kw.setdefault("image_size", image_size)
-    if "spec" in kw and not name.startswith(("retinanet_spinenet", "maskrcnn_spinenet")):
-        raise ValueError(f"model_overrides.spec is supported for retinanet_spinenet*/maskrcnn_spinenet* models, "
-                         f"not {name!r}")
+    if "spec" in kw and model_info(name).task not in ("detector", "instance_segmentation"):
+        raise ValueError(f"model_overrides.spec is supported for detectors (retinanet_spinenet*, maskrcnn_spinenet*), "
+                         f"not {name!r} (task {model_info(name).task!r})")
     return create_model(name, **kw)

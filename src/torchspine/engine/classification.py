@@ -267,17 +267,20 @@ def _jsonable(cfg: ClassifyConfig) -> dict[str, Any]:
 
 
 def load_classifier(weights: str | os.PathLike, *, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a classifier saved by :func:`train_classifier` (its safetensors file or run folder)."""
+    """Rebuild a saved classifier (:func:`torchspine.models.saved.load_model`) and its facts:
+    ``model``, ``num_classes``, ``classes`` (label names) and ``image_size``."""
+    from torchspine.models.registry import model_info
     from torchspine.models.saved import load_model, read_model_metadata
 
     meta = read_model_metadata(weights)
+    if model_info(meta["model"]).task != "classifier":
+        raise ValueError(f"weights {str(weights)!r} hold a {model_info(meta['model']).task} ({meta['model']}), "
+                         f"not a classifier")
     model = load_model(weights, device=device)
-    mi = meta["info"]
-    overrides = {k: v for k, v in meta["overrides"].items() if k != "num_classes"}
-    num_classes = int(mi.get("num_classes", meta["overrides"].get("num_classes", 0)))
-    info = {"model": meta["model"], "model_overrides": overrides, "num_classes": num_classes,
-            "classes": list(mi.get("label_names", [])), "image_size": int(mi.get("image_size", 224))}
-    return model.to(device).eval(), info
+    info = model.torchspine_info
+    return model.eval(), {"model": meta["model"], "model_overrides": meta["overrides"],
+                          "num_classes": info.get("num_classes", getattr(model, "num_classes", None)),
+                          "classes": list(info.get("label_names", [])), "image_size": int(info.get("image_size", 224))}
 
 
 def evaluate_saved_classifier(weights: str | os.PathLike, data: str | os.PathLike, *, split: str = "val",

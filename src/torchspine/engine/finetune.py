@@ -71,7 +71,7 @@ def finetune_config(cfg: Any) -> Any:
 
     if not getattr(cfg, "weights", None):
         return cfg
-    path = resolve_pretrained(cfg.weights)
+    path = resolve_pretrained(cfg.weights, model=cfg.model)
     try:
         meta = read_model_metadata(path)
     except ValueError:

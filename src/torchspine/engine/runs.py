@@ -189,7 +189,7 @@ def load_trained(path: str | os.PathLike, *, device: str = "cpu", **overrides: A
     return TrainedModel(model=model, name=name, info=info, path=file, run_dir=run_dir, config=cfg)
 
 
-def resolve_pretrained(source: str | os.PathLike) -> Path:
+def resolve_pretrained(source: str | os.PathLike, *, model: str | None = None) -> Path:
     """The saved-model file ``source`` names: a file, a run folder, or a catalogue entry of
     :mod:`torchspine.weights` (downloaded once; from the cache afterwards). This is the one place
     fine-tuning resolves a ``--weights`` value."""
@@ -203,7 +203,11 @@ def resolve_pretrained(source: str | os.PathLike) -> Path:
     except ImportError:
         raise FileNotFoundError(f"--weights {str(source)!r}: no such file or run folder (and this torchspine has "
                                 f"no weights catalogue)") from None
-    entry = catalogue.get_weights(str(source))  # ValueError with close matches
+    name = str(source)
+    if model is not None and name not in catalogue.CATALOGUE:
+        entry = catalogue.resolve_weights(model, name)  # a tag of the model being trained: "coco"
+    else:
+        entry = catalogue.get_weights(name)  # ValueError with close matches
     return Path(catalogue.fetch(entry))
 
 

@@ -38,7 +38,9 @@ from torchspine.engine.hooks import barrier
 from torchspine.engine.loop import NonFiniteLossError, epoch_batches, rank_seed, seed_everything
 from torchspine.engine.optim import scale_lr
 from torchspine.engine.plots import plot_curves
+from torchspine import utils
 from torchspine.layers.dropout import add_dropblock
+from torchspine.models.registry import model_info
 from torchspine.utils import atomic_write_text
 from torchspine.specs.spec import SpineNetSpec
 
@@ -49,13 +51,9 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    if name == "cuda" and dist_info is not None and dist_info.distributed:
-        name = f"cuda:{dist_info.local_rank}"
-    return torch.device(name)
+    """:func:`torchspine.utils.resolve_device` with this process's local rank under DDP."""
+    local_rank = dist_info.local_rank if dist_info is not None and dist_info.distributed else None
+    return utils.resolve_device(name, local_rank=local_rank)
 
 
 def _jsonable(v: Any) -> Any:
@@ -178,7 +176,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, out: Path, mo
     if info.is_main and (cfg.train_ann is None or cfg.val_ann is None):
         ensure_synth()  # rank 0 generates the built-in set once; the others wait
     barrier()
-    with_masks = cfg.with_masks if cfg.with_masks is not None else cfg.model.startswith("maskrcnn")
+    with_masks = cfg.with_masks if cfg.with_masks is not None else model_info(cfg.model).task == "instance_segmentation"
     train_ds, val_ds = build_datasets(cfg, with_masks=with_masks)
     if cfg.batch_size % info.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes "

@@ -25,7 +25,7 @@ model size fails with that message rather than a shape error deep in ``load_stat
 The converted model uses the padding convention of its codebase (``padding="symmetric"`` for
 tensorflow/tpu, ``"same"`` for Model Garden) and its BN momentum/epsilon (0.997/1e-4 and
 0.99/1e-3); the spec overrides are stored in the safetensors metadata, and
-:func:`load_converted` rebuilds the model from them.
+:func:`torchspine.models.saved.load_model` rebuilds the model from them.
 
 Layout: TF conv kernels are HWIO -> ``permute(3, 2, 0, 1)``; depthwise ``[k, k, C, 1]`` ->
 ``permute(2, 3, 0, 1)``; BN gamma/beta/moving_mean/moving_variance -> weight/bias/
@@ -55,7 +55,7 @@ from torch import nn
 
 from torchspine.layers.blocks import BottleneckBlock, ResidualBlock
 from torchspine.layers.conv import ConvNormAct
-from torchspine.models.backbone import SpineNet
+from torchspine.models.backbone import SpineNet, named_backbone
 from torchspine.models.registry import create_model, is_model
 from torchspine.specs.spec import CODEBASE_FLAVORS
 
@@ -480,12 +480,11 @@ def _model_overrides(name: str, codebase: str, overrides: dict[str, Any]) -> dic
 
 
 def _backbone_of(model: nn.Module) -> tuple[SpineNet, str]:
-    if isinstance(model, SpineNet):
-        return model, ""
-    for name, mod in model.named_modules():
-        if isinstance(mod, SpineNet):
-            return mod, name + "."
-    raise ValueError(f"model {type(model).__name__} has no SpineNet backbone to convert into")
+    found = named_backbone(model)
+    if found is None:
+        raise ValueError(f"model {type(model).__name__} has no SpineNet backbone to convert into")
+    name, backbone = found
+    return backbone, name + "." if name else ""
 
 
 def convert_checkpoint(
@@ -570,26 +569,27 @@ def _mismatch_message(model_name: str, source: str, codebase: str, t: _Transfer,
     )
 
 
-def save_converted(result: ConversionResult, path: str | os.PathLike) -> None:
-    """Write the state dict as safetensors (atomically) with the model name and overrides as metadata."""
-    from safetensors.torch import save_file
+def save_converted(result: ConversionResult, path: str | os.PathLike, *,
+                   info: dict[str, Any] | None = None) -> None:
+    """Write the converted model in the one saved-model format (:func:`torchspine.models.saved.save_model`).
 
-    from torchspine.utils import atomic_write
+    The metadata records the model name and the overrides it was converted with (codebase
+    padding / BN settings, activation ...) and, in ``info``, where the weights came from.
+    """
+    from torchspine.models.saved import save_model
 
-    tensors = {k: v.contiguous() for k, v in result.state_dict.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=result.metadata()))
+    model = build_converted(result.model_name, result.overrides, result.state_dict)
+    provenance = {"source": result.source, "codebase": result.codebase, "converted": True}
+    save_model(model, path, name=result.model_name, overrides=result.overrides,
+               info={"provenance": provenance, **(info or {})})
 
 
 def load_converted(path: str | os.PathLike, *, map_location: str = "cpu") -> nn.Module:
-    """Rebuild the model recorded in a converted file's metadata and load its weights (strict)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """Rebuild a converted model (:func:`torchspine.models.saved.load_model`; also reads the older
+    ``torchspine.converted/1`` files)."""
+    from torchspine.models.saved import load_model
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != "torchspine.converted/1":
-        raise ValueError(f"{path}: not a torchspine converted checkpoint (metadata format={meta.get('format')!r})")
-    return build_converted(meta["model"], json.loads(meta["overrides"]), load_file(str(path), device=map_location))
+    return load_model(path, device=map_location)
 
 
 def build_converted(model_name: str, overrides: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Module:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchspine.models.backbone import SpineNet
+from torchspine.models.backbone import SpineNet, find_backbone
 
 __all__ = ["ExportResult", "export_onnx", "model_kind", "run_onnx", "verify_onnx"]
 
@@ -182,10 +182,10 @@ def export_onnx(
 
 
 def _max_level(model: nn.Module) -> int:
-    for m in model.modules():
-        if isinstance(m, SpineNet):
-            return m.spec.max_level
-    raise ValueError(f"{type(model).__name__} has no SpineNet backbone")
+    backbone = find_backbone(model)
+    if backbone is None:
+        raise ValueError(f"{type(model).__name__} has no SpineNet backbone")
+    return backbone.spec.max_level
 
 
 def run_onnx(path: str | os.PathLike, *inputs: np.ndarray) -> list[np.ndarray]:

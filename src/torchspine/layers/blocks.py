@@ -1,4 +1,5 @@
-"""Building blocks of the scale-permuted network (reference section 3; He et al. 2016).
+"""Building blocks of the scale-permuted network (paper section 3;
+tensorflow/tpu models/official/detection/modeling/architecture/nn_blocks.py; He et al. 2016).
 
 * :class:`BottleneckBlock`: 1x1(f) -> BN -> act -> 3x3(f, stride) -> BN -> act -> 1x1(4f) -> BN,
   optional 1x1(4f, stride) + BN projection shortcut, stochastic depth on the branch, then
@@ -34,7 +35,32 @@ def _drop_path(rate: float) -> nn.Module:
     return DropPath(rate) if rate > 0 else nn.Identity()
 
 
-class BottleneckBlock(nn.Module):
+class _ResidualUnit(nn.Module):
+    """``act(drop_path(branch(x)) + shortcut(x))``: the shared shape of the bottleneck and
+    residual blocks; the shortcut is a 1x1 conv + BN projection when the shape changes."""
+
+    def _init_unit(self, in_channels: int, out_channels: int, *, stride: int, norm: NormSpec, act: str,
+                   padding: str, drop_path_rate: float) -> None:
+        self.out_channels = out_channels
+        self.shortcut = (
+            ConvNormAct(in_channels, out_channels, 1, stride=stride, norm=norm, act=None, padding=padding)
+            if stride != 1 or in_channels != out_channels
+            else None
+        )
+        self.drop_path = _drop_path(drop_path_rate)
+        self.act = create_act(act)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        y = self.drop_path(self.branch(x))
+        y += shortcut  # in place: y is a fresh tensor that no backward pass needs
+        return self.act(y)
+
+
+class BottleneckBlock(_ResidualUnit):
     expansion = 4
 
     def __init__(
@@ -53,26 +79,17 @@ class BottleneckBlock(nn.Module):
         super().__init__()
         out_channels = filters * self.expansion
         mid = width if width is not None else filters
-        self.out_channels = out_channels
-        self.shortcut = (
-            ConvNormAct(in_channels, out_channels, 1, stride=stride, norm=norm, act=None, padding=padding)
-            if stride != 1 or in_channels != out_channels
-            else None
-        )
+        self._init_unit(in_channels, out_channels, stride=stride, norm=norm, act=act, padding=padding,
+                        drop_path_rate=drop_path_rate)
         self.conv1 = ConvNormAct(in_channels, mid, 1, norm=norm, act=act, padding=padding)
         self.conv2 = ConvNormAct(mid, mid, 3, stride=stride, groups=groups, norm=norm, act=act, padding=padding)
         self.conv3 = ConvNormAct(mid, out_channels, 1, norm=norm, act=None, padding=padding)
-        self.drop_path = _drop_path(drop_path_rate)
-        self.act = create_act(act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.shortcut is None else self.shortcut(x)
-        y = self.drop_path(self.conv3(self.conv2(self.conv1(x))))
-        y += shortcut  # in place: y is a fresh tensor that no backward pass needs
-        return self.act(y)
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.conv2(self.conv1(x)))
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(_ResidualUnit):
     expansion = 1
 
     def __init__(
@@ -87,22 +104,13 @@ class ResidualBlock(nn.Module):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        self.out_channels = filters
-        self.shortcut = (
-            ConvNormAct(in_channels, filters, 1, stride=stride, norm=norm, act=None, padding=padding)
-            if stride != 1 or in_channels != filters
-            else None
-        )
+        self._init_unit(in_channels, filters, stride=stride, norm=norm, act=act, padding=padding,
+                        drop_path_rate=drop_path_rate)
         self.conv1 = ConvNormAct(in_channels, filters, 3, stride=stride, norm=norm, act=act, padding=padding)
         self.conv2 = ConvNormAct(filters, filters, 3, norm=norm, act=None, padding=padding)
-        self.drop_path = _drop_path(drop_path_rate)
-        self.act = create_act(act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.shortcut is None else self.shortcut(x)
-        y = self.drop_path(self.conv2(self.conv1(x)))
-        y += shortcut  # in place: y is a fresh tensor that no backward pass needs
-        return self.act(y)
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x))
 
 
 @dataclass(frozen=True)

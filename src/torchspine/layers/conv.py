@@ -25,6 +25,7 @@ __all__ = [
     "ConvNormAct",
     "Conv2dSame",
     "MaxPool2dSame",
+    "SeparableConv2d",
     "create_act",
     "create_conv",
     "create_norm",
@@ -160,3 +161,20 @@ class ConvNormAct(nn.Sequential):
         super().__init__(*[])
         for name, mod in layers.items():
             self.add_module(name, mod)
+
+
+class SeparableConv2d(nn.Sequential):
+    """TF ``separable_conv2d`` with depth multiplier 1: a depthwise kxk conv without bias, then
+    a pointwise 1x1 conv with bias; Glorot-uniform weights and zero bias (the Keras defaults
+    that the official separable heads keep, tensorflow/tpu
+    models/official/detection/modeling/architecture/heads.py ``use_separable_conv``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(in_channels, in_channels, kernel_size, padding=kernel_size // 2,
+                                   groups=in_channels, bias=False)
+        self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=True)
+        # PyTorch's depthwise (C, 1, k, k) and TF's (k, k, C, 1) have the same fan_in + fan_out.
+        nn.init.xavier_uniform_(self.depthwise.weight)
+        nn.init.xavier_uniform_(self.pointwise.weight)
+        nn.init.zeros_(self.pointwise.bias)

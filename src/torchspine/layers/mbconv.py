@@ -1,5 +1,6 @@
 """MBConv blocks and separable-conv resampling for SpineNet-Mobile (paper Appendix A;
-reference sections 3-4: tensorflow/tpu ``nn_blocks.mbconv_block`` / ``resample_with_sepconv``,
+tensorflow/tpu models/official/detection/modeling/architecture/nn_blocks.py ``mbconv_block``,
+spinenet_mbconv.py ``resample_with_sepconv``,
 Model Garden ``InvertedBottleneckBlock``).
 
 * :class:`MBConvBlock` (MnasNet / MobileNetV2 inverted bottleneck): expand 1x1 (``in *
@@ -24,7 +25,7 @@ from torchvision.ops import SqueezeExcitation
 
 from torchspine.layers.blocks import BlockFamily, _drop_path, register_block
 from torchspine.layers.conv import ConvNormAct
-from torchspine.layers.resample import resize_nearest
+from torchspine.layers.resample import Resample
 from torchspine.specs.spec import NormSpec
 
 __all__ = ["MBConvBlock", "ResampleSepConv", "SE_ACTIVATIONS", "SE_GATINGS", "MBCONV_DEFAULT_OPTIONS"]
@@ -108,7 +109,7 @@ def _build_mbconv(in_channels: int, filters: int, *, options: dict[str, Any], **
 register_block("mbconv", BlockFamily(_build_mbconv, lambda f: f, 1))
 
 
-class ResampleSepConv(nn.Module):
+class ResampleSepConv(Resample):
     """SpineNet-Mobile cross-scale resampling (official ``resample_with_sepconv``).
 
     Downsampling by ``2**k`` is ``k`` times [depthwise 3x3/2 (no bias) -> BN -> act] on the
@@ -130,6 +131,7 @@ class ResampleSepConv(nn.Module):
         super().__init__()
         self.in_level = in_level
         self.target_level = target_level
+        self.reduce = None
         steps = max(target_level - in_level, 0)
         self.downsample = (
             nn.Sequential(*(ConvNormAct(in_channels, in_channels, 3, stride=2, groups=in_channels, norm=norm,
@@ -138,9 +140,3 @@ class ResampleSepConv(nn.Module):
         )
         self.project = ConvNormAct(in_channels, target_channels, 1, norm=norm, act=None, padding=padding)
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if self.downsample is not None:
-            x = self.downsample(x)
-        if x.shape[-2:] != size:
-            x = resize_nearest(x, size)
-        return self.project(x)

@@ -1,6 +1,6 @@
 """Cross-scale resampling (paper section 3.2, Figure 4; official ``resample_with_alpha``).
 
-Order of operations, as in the reference:
+Order of operations, as in tensorflow/tpu models/official/detection/modeling/architecture/spinenet.py:
 
 1. reduce: 1x1 conv to ``a = int(C * alpha)`` channels -> BN -> act, where ``C`` is the
    parent's channels divided by 4 when the parent is a bottleneck-like block;
@@ -44,7 +44,25 @@ def resize_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=(th, tw), mode="nearest")
 
 
-class ResampleWithAlpha(nn.Module):
+class Resample(nn.Module):
+    """``project(resize(downsample(reduce(x))))``: the shared order of every resampling scheme
+    (``reduce`` and ``downsample`` may be ``None``; the resize is nearest-neighbour to ``size``)."""
+
+    reduce: nn.Module | None
+    downsample: nn.Module | None
+    project: nn.Module
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.reduce is not None:
+            x = self.reduce(x)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        if x.shape[-2:] != size:
+            x = resize_nearest(x, size)
+        return self.project(x)
+
+
+class ResampleWithAlpha(Resample):
     """Resample one parent feature map to a target block's level and input channels."""
 
     def __init__(
@@ -81,11 +99,3 @@ class ResampleWithAlpha(nn.Module):
                     down.append(MaxPool2dSame(3 if ratio <= 4 else 5, ratio // 2))
         self.downsample = nn.Sequential(*down) if down else None
         self.project = ConvNormAct(reduced, target_channels, 1, norm=norm, act=None, padding=padding)
-
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        x = self.reduce(x)
-        if self.downsample is not None:
-            x = self.downsample(x)
-        if x.shape[-2:] != size:
-            x = resize_nearest(x, size)
-        return self.project(x)

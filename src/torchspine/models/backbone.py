@@ -1,6 +1,7 @@
 """The SpineNet backbone, built only from a :class:`~torchspine.specs.SpineNetSpec`.
 
-Follows paper section 3 and the official graph builder (reference sections 3-7):
+Follows paper section 3 and the official graph builder (tensorflow/tpu
+models/official/detection/modeling/architecture/spinenet.py):
 stem -> scale-permuted blocks (each: resample the parents (two; one in the graph-damage
 ablations), add zero-out-degree extras for output blocks, ``act(sum)``, a group of
 ``block_repeats`` blocks) -> endpoints (1x1 conv, BN, act) for levels ``min_level..max_level``.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -23,7 +24,8 @@ from torchspine.layers.conv import ConvNormAct, MaxPool2dSame, create_act, init_
 from torchspine.layers.resample import ResampleWithAlpha, level_size
 from torchspine.specs.spec import SpineNetSpec
 
-__all__ = ["FeatureInfo", "SpineNet", "Stem", "STEM_BUILDERS", "RESAMPLE_BUILDERS", "register_stem", "register_resample"]
+__all__ = ["FeatureInfo", "SpineNet", "Stem", "STEM_BUILDERS", "RESAMPLE_BUILDERS", "find_backbone", "named_backbone",
+           "register_resample", "register_stem", "zero_outdegree_extras"]
 
 
 @dataclass(frozen=True)
@@ -125,10 +127,43 @@ def _alpha_resample(spec: SpineNetSpec, parent: FeatureInfo, target_level: int, 
 register_resample("alpha", _alpha_resample)
 
 
+def zero_outdegree_extras(spec: SpineNetSpec) -> dict[int, list[int]]:
+    """``{block index: feats indices}`` that the zero-out-degree rule adds to output blocks.
+
+    The official rule (paper section 3.3; tensorflow/tpu
+    models/official/detection/modeling/architecture/spinenet.py): an output block also sums,
+    unresampled, every earlier feature (stem groups first, then blocks in build order) of the
+    same level and output width that no block has consumed yet. Used by the builder and by the
+    Figure-3 drawings, so both always agree.
+    """
+    types = {b.block_type for b in spec.blocks} | {spec.stem.block_type}
+    missing = sorted(t for t in types if t not in BLOCK_REGISTRY)
+    if missing:
+        raise ValueError(f"spec {spec.name}: block type(s) {missing} have no implementation; "
+                         f"known: {sorted(BLOCK_REGISTRY)}")
+    families = {t: BLOCK_REGISTRY[t] for t in types}
+    stem_family = families[spec.stem.block_type]
+    feats = [(lvl, stem_family.out_channels(spec.filters(lvl))) for lvl in spec.stem.block_levels]
+    outdegree = [0] * (len(feats) + len(spec.blocks))
+    extras: dict[int, list[int]] = {}
+    for i, b in enumerate(spec.blocks):
+        channels = families[b.block_type].out_channels(spec.filters(b.level))
+        for p in b.input_offsets:
+            outdegree[p] += 1
+        if b.is_output and spec.zero_outdegree_connections:
+            found = [j for j, (lvl, ch) in enumerate(feats) if outdegree[j] == 0 and lvl == b.level and ch == channels]
+            for j in found:
+                outdegree[j] += 1
+            if found:
+                extras[i] = found
+        feats.append((b.level, channels))
+    return extras
+
+
 class ScalePermutedBlock(nn.Module):
     """One row of the spec: resample the parents, merge, and run the block group."""
 
-    def __init__(self, spec: SpineNetSpec, index: int, feats: list[FeatureInfo], outdegree: list[int]) -> None:
+    def __init__(self, spec: SpineNetSpec, index: int, feats: list[FeatureInfo], extras: Sequence[int] = ()) -> None:
         super().__init__()
         b = spec.blocks[index]
         family = BLOCK_REGISTRY[b.block_type]
@@ -138,16 +173,11 @@ class ScalePermutedBlock(nn.Module):
         self.parents = tuple(b.input_offsets)
         build = RESAMPLE_BUILDERS[spec.resample]
         self.resample = nn.ModuleList(build(spec, feats[p], b.level, target_channels) for p in self.parents)
-        for p in self.parents:
-            outdegree[p] += 1
-        # Zero out-degree rule (official): an output block also sums, unresampled, every
-        # earlier feature of the same level and width that nothing has consumed yet.
-        extras = []
-        if b.is_output and spec.zero_outdegree_connections:
-            for j, info in enumerate(feats):
-                if outdegree[j] == 0 and info.level == b.level and info.channels == target_channels:
-                    extras.append(j)
-                    outdegree[j] += 1
+        # Zero-out-degree extras (see zero_outdegree_extras): summed unresampled, so they must
+        # already have the block's level and width.
+        for j in extras:
+            if (feats[j].level, feats[j].channels) != (b.level, target_channels):
+                raise ValueError(f"spec {spec.name}: block {index} cannot take feature {j} unresampled")
         self.extras = tuple(extras)
         self.merge_act = create_act(spec.activation)
         self.group = _block_group(spec, b.block_type, target_channels, filters, stride=1,
@@ -191,11 +221,11 @@ class SpineNet(nn.Module):
                                  f"known: {sorted(BLOCK_REGISTRY)}")
         self.stem = STEM_BUILDERS[spec.stem.kind](spec)
         feats: list[FeatureInfo] = list(self.stem.feature_infos)
-        outdegree = [0] * (len(feats) + len(spec.blocks))
+        extras = zero_outdegree_extras(spec)
         self.blocks = nn.ModuleList()
         output_index: dict[int, int] = {}
         for i, b in enumerate(spec.blocks):
-            block = ScalePermutedBlock(spec, i, feats, outdegree)
+            block = ScalePermutedBlock(spec, i, feats, extras.get(i, ()))
             self.blocks.append(block)
             feats.append(block.info)
             if b.is_output:
@@ -247,3 +277,18 @@ class SpineNet(nn.Module):
         for lvl, idx in zip(self._levels, self._output_index):
             out[f"p{lvl}"] = self.endpoints[f"p{lvl}"](feats[idx])
         return out
+
+
+def named_backbone(model: nn.Module) -> tuple[str, SpineNet] | None:
+    """``(qualified name, module)`` of the first SpineNet inside ``model`` (``""`` for the model
+    itself: a backbone, a detector's ``backbone``, a classifier's ...), or ``None``."""
+    for name, module in model.named_modules():
+        if isinstance(module, SpineNet):
+            return name, module
+    return None
+
+
+def find_backbone(model: nn.Module) -> SpineNet | None:
+    """The SpineNet inside ``model`` (the model itself if it is one), or ``None``."""
+    found = named_backbone(model)
+    return None if found is None else found[1]

@@ -10,7 +10,8 @@ Table 11's variants are options (``feature_combination``):
 * ``"single"``: one level only (``level=3..7``).
 
 Parameters with a 1000-class head: backbone + endpoints + ``(256 + 1) * 1000``; for
-SpineNet-49 21,831,488 + 257,000 = 22,088,488, the official 22.1M (reference sections 8-9).
+SpineNet-49 21,831,488 + 257,000 = 22,088,488, the official 22.1M (tensorflow/tpu
+models/official/detection/MODEL_ZOO.md, ImageNet classification).
 
 The model follows timm's small API (``forward_features``, ``forward_head``, ``num_classes``,
 ``num_features``, ``get_classifier``, ``reset_classifier``) so it can be served through timm.
@@ -28,7 +29,7 @@ from torch import nn
 
 from torchspine.layers.resample import resize_nearest
 from torchspine.models.backbone import SpineNet
-from torchspine.models.registry import create_model, register_model
+from torchspine.models.registry import create_model, register_model, register_variant
 from torchspine.specs.spec import NormSpec, SpineNetSpec
 
 __all__ = ["SpineNetClassifier", "FeatureCombination"]
@@ -148,7 +149,8 @@ def build_classifier(backbone: str | SpineNetSpec | nn.Module, **kwargs: Any) ->
     classifier; the rest are backbone overrides (spec fields). Unless given, BatchNorm uses the
     official classification settings (:data:`CLASSIFIER_NORM`)."""
     cls_kw = _split_classifier_kwargs(kwargs)
-    # Official classification configs use BN momentum 0.9 / epsilon 1e-5 (reference section 7),
+    # Official classification configs use BN momentum 0.9 / epsilon 1e-5 (tensorflow/tpu
+    # models/official/detection/configs/spinenet/spinenet49_classification.yaml),
     # not the detectors' 0.997 / 1e-4 (whose running statistics barely move in a short run).
     official_norm = not isinstance(backbone, nn.Module) and not {"norm", "momentum", "epsilon"} & set(kwargs)
     if isinstance(backbone, SpineNetSpec):
@@ -170,18 +172,10 @@ CLASSIFIER_BACKBONES = ("spinenet49s", "spinenet49", "spinenet96", "spinenet143"
                         "spinenet_mobile49")
 
 
-def _register(backbone: str) -> None:
-    def builder(**kwargs: Any) -> SpineNetClassifier:
-        return build_classifier(backbone, **kwargs)
-
-    builder.__name__ = f"{backbone}_cls"
-    builder.__doc__ = (f"Classifier on {backbone} (paper section 4.2): num_classes (1000), "
-                       "feature_combination ('avg' | 'concat' | 'single'), level, drop_rate, spec overrides.")
-    register_model(builder, task="classifier", preset=backbone, input_size=224)
-
-
 for _b in CLASSIFIER_BACKBONES:
-    _register(_b)
+    register_variant(f"{_b}_cls", build_classifier, _b, task="classifier", preset=_b, input_size=224,
+                     doc=f"Classifier on {_b} (paper section 4.2): num_classes (1000), feature_combination "
+                         "('avg' | 'concat' | 'single'), level, drop_rate, spec overrides.")
 
 
 @register_model(task="classifier")
@@ -190,7 +184,5 @@ def spinenet_cls(*, backbone: str | SpineNetSpec = "spinenet49", spec: SpineNetS
     """A classifier on any backbone: ``backbone=<registered name>`` or ``spec=<spec | JSON path |
     genome>``; classifier keywords as in :class:`SpineNetClassifier`."""
     if spec is not None:
-        if isinstance(spec, str):
-            spec = SpineNetSpec.from_genome(spec) if spec.startswith("v1|") else SpineNetSpec.load(spec)
-        return build_classifier(spec, **kwargs)
+        return build_classifier(SpineNetSpec.coerce(spec), **kwargs)
     return build_classifier(backbone, **kwargs)

@@ -4,7 +4,7 @@ Plugs into the one :class:`~torchspine.models.backbone.SpineNet` class:
 
 * stem kind ``"mobile"``: 3x3/2 conv with ``int(conv_filters * filter_size_scale)`` filters ->
   BN -> act, then one block group per ``stem.block_levels`` entry (official: an L1 MBConv at
-  stride 1, then an L2 MBConv at stride 2); reference section 3;
+  stride 1, then an L2 MBConv at stride 2; tensorflow/tpu models/official/detection/modeling/architecture/spinenet_mbconv.py);
 * resample kind ``"sepconv"``: :class:`~torchspine.layers.mbconv.ResampleSepConv`.
 
 Registered backbones: ``spinenet_mobile49``, ``spinenet_mobile49s``, ``spinenet_mobile49xs``
@@ -22,7 +22,7 @@ from torch import nn
 from torchspine.layers.conv import ConvNormAct
 from torchspine.layers.mbconv import ResampleSepConv
 from torchspine.models.backbone import FeatureInfo, SpineNet, Stem, register_resample, register_stem
-from torchspine.models.registry import register_model
+from torchspine.models.registry import register_variant
 from torchspine.specs.mobile import MOBILE_SCALING, mobile_spec
 from torchspine.specs.spec import SpineNetSpec
 
@@ -54,15 +54,11 @@ register_resample("sepconv", _sepconv_resample)
 MOBILE_MODEL_IDS = tuple(MOBILE_SCALING)
 
 
-def _register(model_id: str) -> None:
-    def builder(*, flavor: str = "tpu", **overrides: Any) -> SpineNet:
-        return SpineNet(mobile_spec(model_id, flavor=flavor, **overrides))  # type: ignore[arg-type]
-
-    builder.__name__ = f"spinenet_mobile{model_id}"
-    builder.__doc__ = (f"SpineNet-Mobile-{model_id.upper()} backbone (paper Appendix A); "
-                       "flavor 'tpu' or 'mg'; overrides are spec fields or MBConv options.")
-    register_model(builder, family="spinenet_mobile", preset=model_id)
+def _mobile(model_id: str, *, flavor: str = "tpu", **overrides: Any) -> SpineNet:
+    return SpineNet(mobile_spec(model_id, flavor=flavor, **overrides))  # type: ignore[arg-type]
 
 
 for _id in MOBILE_MODEL_IDS:
-    _register(_id)
+    register_variant(f"spinenet_mobile{_id}", _mobile, _id, family="spinenet_mobile", preset=_id,
+                     doc=f"SpineNet-Mobile-{_id.upper()} backbone (paper Appendix A); flavor 'tpu' or 'mg'; "
+                         "overrides are spec fields or MBConv options.")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchspine.layers import resnext as _resnext  # noqa: F401  (registers the "resnext" block)
 from torchspine.models.backbone import SpineNet
 from torchspine.models.registry import register_model
 from torchspine.specs.spec import BlockSpec, SpineNetSpec

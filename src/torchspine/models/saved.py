@@ -1,8 +1,14 @@
-"""Saved weights: read a state dict from safetensors or a training checkpoint, load it into a model.
+"""Saved models and weights: the one saved-model format, and state dicts.
 
-* A safetensors file (``*.safetensors``) or a training checkpoint read with
-  ``torch.load(weights_only=True)`` (never arbitrary pickles) whose dict holds the state dict
-  directly or under ``"model"`` / ``"state_dict"``; a DDP ``module.`` prefix is removed.
+* :func:`save_model` / :func:`load_model`: every model torchspine writes (trained, converted,
+  downloaded) is one safetensors file whose metadata rebuilds it exactly (registry name,
+  ``create_model`` overrides including specs, and an ``info`` dict: task, classes, label names,
+  image size, provenance). ``load_model(path)`` reads all of them, and the two older
+  torchspine formats (converter and classifier files of version 0.1).
+* :func:`load_state_dict` / :func:`load_weights`: a bare state dict from a safetensors file or a
+  training checkpoint read with ``torch.load(weights_only=True)`` (never arbitrary pickles)
+  whose dict holds the state dict directly or under ``"model"`` / ``"state_dict"``; a DDP
+  ``module.`` prefix is removed.
 """
 
 from __future__ import annotations
@@ -49,31 +55,6 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> nn.Module:
-    """Load ``path`` into ``model`` (see :func:`load_state_dict`); returns ``model``.
-
-    A state dict of the bare backbone (keys without ``backbone.``) is accepted for a detector
-    when ``strict=False``. Mismatches raise ``ValueError`` naming the file and keys.
-    """
-    state = load_state_dict(path)
-    own = model.state_dict()
-    if hasattr(model, "backbone") and not any(k in own for k in state) and any(f"backbone.{k}" in own for k in state):
-        state = {f"backbone.{k}": v for k, v in state.items()}
-    bad_shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if bad_shapes:
-        raise ValueError(f"weights {path}: shape mismatch for {len(bad_shapes)} tensors, e.g. {bad_shapes[:3]} "
-                         f"(built with different settings, e.g. num_classes?)")
-    result = model.load_state_dict(state, strict=False)
-    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    if strict and (missing or unexpected):
-        raise ValueError(f"weights {path}: {len(missing)} missing keys (e.g. {missing[:3]}), "
-                         f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-    if missing or unexpected:
-        log.warning("weights %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected))
-    return model
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> nn.Module:
@@ -191,23 +172,33 @@ def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
             return {"model": meta["model"], "overrides": overrides, "info": info, "path": str(path)}
     except (KeyError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: torchspine metadata is damaged ({e})") from e
+    if "model" in meta and "steps" in meta:  # detector files of the torchspine 0.1 trainer
+        raise ValueError(f"{path}: weights of {meta['model']} written by the torchspine 0.1 trainer without the "
+                         f"model's settings, so it cannot be rebuilt from the file alone: use "
+                         f"create_model({meta['model']!r}, <the run's settings>) and load_weights(model, path), "
+                         f"or save it again with save_model")
     raise ValueError(f"{path}: safetensors file without torchspine model metadata (format={fmt!r}); it holds "
                      f"only tensors: build the model with create_model(...) and use load_weights(model, path)")
 
 
-def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+               overrides: dict[str, Any] | None = None) -> nn.Module:
     """Rebuild any model torchspine saved (trained, converted, downloaded) and load its weights.
 
-    The model is built on the ``meta`` device and filled from the file (strict: every tensor
-    must be there with its shape). Returns it in eval mode with ``model.torchspine_info`` set.
+    ``path`` is a saved-model file or a run folder holding ``model.safetensors``. The model is
+    built on the ``meta`` device and filled from the file (strict: every tensor must be there
+    with its shape). ``overrides`` change settings on top of the saved ones (``score_thresh``,
+    ``image_size`` ...); one that changes a tensor's shape fails naming it. Returns the model
+    in eval mode with ``model.torchspine_info`` (the saved ``info``) set.
     """
     from safetensors.torch import load_file
 
     from torchspine.models.registry import create_model
 
     meta = read_model_metadata(path)
+    settings = {**meta["overrides"], **(overrides or {})}
     with torch.device("meta"):
-        model = create_model(meta["model"], **meta["overrides"])
+        model = create_model(meta["model"], **settings)
     state = load_file(meta["path"], device=str(device))
     own = model.state_dict()
     bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
@@ -219,5 +210,11 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
                          f"{len(bad)} shape mismatches {bad[:3]}, {len(missing)} missing {missing[:3]}, "
                          f"{len(unexpected)} unexpected {unexpected[:3]}")
     model.load_state_dict(state, strict=True, assign=True)
-    model.torchspine_info = meta["info"]
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:  # a non-persistent buffer the file cannot hold
+        raise ValueError(f"{meta['path']}: {meta['model']} has {len(leftover)} tensors the file does not set, "
+                         f"e.g. {leftover[:3]}")
+    from torchspine.models.registry import model_info
+
+    model.torchspine_info = {"task": model_info(meta["model"]).task, **meta["info"]}
     return model.eval()

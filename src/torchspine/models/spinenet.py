@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from torchspine.models.backbone import SpineNet
-from torchspine.models.registry import register_model
+from torchspine.models.registry import register_model, register_variant
 from torchspine.specs.spec import SpineNetSpec
 from torchspine.specs.zoo import spinenet_spec
 
@@ -18,17 +18,13 @@ def spinenet_from_spec(spec: SpineNetSpec | str, **overrides: Any) -> SpineNet:
     return SpineNet(spec.replace(**overrides) if overrides else spec)
 
 
-def _register(model_id: str) -> None:
-    def builder(**overrides: Any) -> SpineNet:
-        return SpineNet(spinenet_spec(model_id, **overrides))
-
-    builder.__name__ = f"spinenet{model_id}"
-    builder.__doc__ = f"SpineNet-{model_id.upper()} backbone (official scaling preset); overrides are spec fields."
-    register_model(builder, preset=model_id)
+def _official(model_id: str, **overrides: Any) -> SpineNet:
+    return SpineNet(spinenet_spec(model_id, **overrides))
 
 
 for _id in ("49s", "49", "96", "143", "143l", "190", "49s_paper"):
-    _register(_id)
+    register_variant(f"spinenet{_id}", _official, _id, preset=_id,
+                     doc=f"SpineNet-{_id.upper()} backbone (official scaling preset); overrides are spec fields.")
 
 
 @register_model

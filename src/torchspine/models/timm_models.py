@@ -1,6 +1,7 @@
 """timm entry points for the SpineNet family (optional; needs ``timm``).
 
-After :func:`timm_register` (called by ``import torchspine`` whenever timm is importable):
+After :func:`timm_register` (called when timm is imported in a program that imported
+torchspine, see ``torchspine/_timm_hook.py``, or by hand):
 
 * ``timm.create_model("spinenet49")`` is the ImageNet-style classifier (1000 classes,
   paper section 4.2), ``num_classes=10`` changes the head, ``drop_rate`` is dropout before the
@@ -21,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchspine.models.classifier import build_classifier
 from torchspine.models.registry import create_model
+from torchspine.utils import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["TIMM_MODELS", "SpineNetFeatures", "timm_register"]
 
@@ -32,9 +33,6 @@ TIMM_MODELS: tuple[str, ...] = (
     "spinenet_mobile49", "spinenet_mobile49s", "spinenet_mobile49xs",
     "spinenet49_resnext32x4d", "spinenet49_resnext32x8d",
 )
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SpineNetFeatures(nn.Module):
@@ -61,7 +59,7 @@ class SpineNetFeatures(nn.Module):
 def _pretrained_cfg(name: str, num_classes: int) -> dict[str, Any]:
     return {
         "architecture": name, "num_classes": num_classes, "input_size": (3, 224, 224), "pool_size": None,
-        "crop_pct": 0.875, "interpolation": "bilinear", "mean": _IMAGENET_MEAN, "std": _IMAGENET_STD,
+        "crop_pct": 0.875, "interpolation": "bilinear", "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
         "first_conv": "backbone.stem.conv.conv", "classifier": "fc", "license": "apache-2.0",
     }
 
@@ -87,6 +85,8 @@ def _make_entrypoint(name: str):
             kwargs.pop("drop_rate", None)
             model: nn.Module = SpineNetFeatures(create_model(name, **kwargs), out_indices)
         else:
+            from torchspine.models.classifier import build_classifier
+
             kwargs.setdefault("num_classes", 1000)
             model = build_classifier(name, **kwargs)
         cfg = _pretrained_cfg(name, getattr(model, "num_classes", 0))

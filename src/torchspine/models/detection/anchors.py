@@ -1,6 +1,6 @@
 """Multi-level anchors as the official SpineNet detectors define them.
 
-Reference section 8 (tensorflow/tpu ``dataloader/anchor.py``): on level ``l`` with stride
+Official anchors (tensorflow/tpu models/official/detection/dataloader/anchor.py): on level ``l`` with stride
 ``2**l`` and for octave scale ``k`` in ``0..num_scales-1`` and aspect ratio ``ar``::
 
     base = anchor_size * 2**l * 2**(k / num_scales)

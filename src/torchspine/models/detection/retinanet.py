@@ -1,10 +1,11 @@
 """RetinaNet with a SpineNet backbone, on torchvision's ``RetinaNet`` (paper sections 4.1, 5.1).
 
-The pieces plugged into torchvision's detector (reference section 8):
+The parts plugged into torchvision's detector (tensorflow/tpu
+models/official/detection/modeling/retinanet_model.py and the SpineNet RetinaNet configs):
 
 * backbone: :class:`~torchspine.models.backbone.SpineNet` (P3..P7, ``endpoints_num_filters``);
-* head: :class:`~torchspine.models.detection.heads.RetinaNetHead` (shared convs, per-level BN, official
-  init, focal + Huber losses);
+* head: :class:`~torchspine.models.detection.heads.RetinaNetHead` (shared convs, per-level BN,
+  official init, focal + Huber losses; separable for SpineNet-Mobile);
 * anchors: :class:`~torchspine.models.detection.anchors.SpineNetAnchorGenerator` (anchor size 3 or 4,
   3 scales per octave, aspect ratios {0.5, 1, 2});
 * matching at IoU 0.5 / 0.5 (torchvision's ``Matcher`` with low-quality matches, the analogue
@@ -12,62 +13,26 @@ The pieces plugged into torchvision's detector (reference section 8):
 * transform: :class:`~torchspine.models.detection.transform.DetectionTransform` (long side to
   ``image_size``, zero-pad to a square).
 
-Per-model settings (``DETECTOR_PRESETS``): image size 640 / 640 / 1024 / 1280 / 1280, head
-4x128 (49S), 4x256 (49, 96, 143), 7x512 (190), anchor size 3 (<= 96) or 4 (143, 190).
+As in torchvision, the head and the anchor generator may be passed in; otherwise they are
+built from the settings. The per-model settings are the preset table in
+:mod:`torchspine.models.detection.zoo`.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import ClassVar, Sequence
 
 import torch
 from torch import Tensor
 from torchvision.models.detection import RetinaNet
 from torchvision.ops import boxes as box_ops
 
-from torchspine.models.detection.anchors import SpineNetAnchorGenerator
 from torchspine.models.backbone import SpineNet
-from torchspine.models.detection.heads import RetinaNetHead
-from torchspine.models.registry import register_model
+from torchspine.models.detection.anchors import SpineNetAnchorGenerator
+from torchspine.models.detection.heads import RetinaNetHead, pyramid_width
 from torchspine.models.detection.transform import DetectionTransform, ResizeMode
-from torchspine.specs.spec import SpineNetSpec
-from torchspine.specs.zoo import spinenet_spec
 
-__all__ = ["DETECTOR_PRESETS", "DetectorPreset", "SpineNetRetinaNet", "split_detector_kwargs"]
-
-
-@dataclass(frozen=True)
-class DetectorPreset:
-    """Official per-model detector settings (TPU yamls, paper section 4.1, reference section 8)."""
-
-    image_size: int
-    head_num_filters: int
-    head_num_convs: int
-    anchor_size: float
-
-
-DETECTOR_PRESETS: dict[str, DetectorPreset] = {
-    "49s": DetectorPreset(640, 128, 4, 3.0),
-    "49": DetectorPreset(640, 256, 4, 3.0),
-    "96": DetectorPreset(1024, 256, 4, 3.0),
-    "143": DetectorPreset(1280, 256, 4, 4.0),
-    "190": DetectorPreset(1280, 512, 7, 4.0),
-}
-
-RETINANET_KEYS = frozenset({
-    "num_classes", "image_size", "resize_mode", "size_divisible", "head_num_filters", "head_num_convs", "anchor_size", "num_scales",
-    "aspect_ratios", "focal_alpha", "focal_gamma", "huber_delta", "box_loss_weight", "prior_probability",
-    "score_thresh", "nms_thresh", "detections_per_img", "topk_candidates", "fg_iou_thresh", "bg_iou_thresh",
-})
-
-
-def split_detector_kwargs(kwargs: dict[str, Any], keys: frozenset[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(detector settings, backbone spec overrides)``; unknown spec fields fail in ``spec.replace``."""
-    det = {k: v for k, v in kwargs.items() if k in keys}
-    spec = {k: v for k, v in kwargs.items() if k not in keys}
-    return det, spec
+__all__ = ["SpineNetRetinaNet"]
 
 
 class SpineNetRetinaNet(RetinaNet):
@@ -85,12 +50,18 @@ class SpineNetRetinaNet(RetinaNet):
             class 0 is background and never reported.
         image_size: target long side; images are resized and padded per ``resize_mode``.
         resize_mode, size_divisible: see :class:`~torchspine.models.detection.transform.DetectionTransform`.
-        head_num_filters, head_num_convs: head tower width and depth.
+        anchor_generator: the anchors (default: a :class:`SpineNetAnchorGenerator` from
+            ``anchor_size``, ``num_scales``, ``aspect_ratios``).
+        head: the head (default: a :class:`RetinaNetHead` from the ``head_*``, loss and init settings).
+        head_num_filters, head_num_convs: head tower width (``None``: the backbone's width) and depth.
+        separable_head: separable tower convs and predictors (SpineNet-Mobile, paper Appendix A).
         anchor_size, num_scales, aspect_ratios: anchor settings.
         focal_alpha, focal_gamma, huber_delta, box_loss_weight, prior_probability: loss / init.
         score_thresh, nms_thresh, detections_per_img, topk_candidates: post-processing.
         fg_iou_thresh, bg_iou_thresh: anchor matching thresholds (official 0.5 / 0.5).
     """
+
+    PARTS: ClassVar[tuple[str, ...]] = ("anchor_generator", "head")
 
     def __init__(
         self,
@@ -100,8 +71,11 @@ class SpineNetRetinaNet(RetinaNet):
         image_size: int = 640,
         resize_mode: ResizeMode = "square",
         size_divisible: int = 128,
-        head_num_filters: int = 256,
+        anchor_generator: SpineNetAnchorGenerator | None = None,
+        head: RetinaNetHead | None = None,
+        head_num_filters: int | None = 256,
         head_num_convs: int = 4,
+        separable_head: bool = False,
         anchor_size: float = 3.0,
         num_scales: int = 3,
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
@@ -120,20 +94,20 @@ class SpineNetRetinaNet(RetinaNet):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         spec = backbone.spec
-        channels = set(backbone.out_channels.values())
-        if len(channels) != 1:
-            raise ValueError(f"RetinaNet needs equal channels on every level, got {backbone.out_channels}")
-        anchors = SpineNetAnchorGenerator(spec.min_level, spec.max_level, anchor_size=anchor_size,
-                                          num_scales=num_scales, aspect_ratios=tuple(aspect_ratios))
-        head = RetinaNetHead(
-            channels.pop(), anchors.num_anchors_per_location()[0], num_classes,
-            num_levels=spec.max_level - spec.min_level + 1, num_filters=head_num_filters,
-            num_convs=head_num_convs, norm=spec.norm, act=spec.activation, prior_probability=prior_probability,
-            focal_alpha=focal_alpha, focal_gamma=focal_gamma, huber_delta=huber_delta,
-            box_loss_weight=box_loss_weight,
-        )
+        in_channels = pyramid_width(backbone, "RetinaNet")
+        if anchor_generator is None:
+            anchor_generator = SpineNetAnchorGenerator(spec.min_level, spec.max_level, anchor_size=anchor_size,
+                                                       num_scales=num_scales, aspect_ratios=tuple(aspect_ratios))
+        if head is None:
+            head = RetinaNetHead(
+                in_channels, anchor_generator.num_anchors_per_location()[0], num_classes,
+                num_levels=spec.max_level - spec.min_level + 1, num_filters=head_num_filters or in_channels,
+                num_convs=head_num_convs, norm=spec.norm, act=spec.activation, prior_probability=prior_probability,
+                focal_alpha=focal_alpha, focal_gamma=focal_gamma, huber_delta=huber_delta,
+                box_loss_weight=box_loss_weight, separable=separable_head,
+            )
         super().__init__(
-            backbone, num_classes, min_size=image_size, max_size=image_size, anchor_generator=anchors, head=head,
+            backbone, num_classes, min_size=image_size, max_size=image_size, anchor_generator=anchor_generator, head=head,
             score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
             fg_iou_thresh=fg_iou_thresh, bg_iou_thresh=bg_iou_thresh, topk_candidates=topk_candidates,
         )
@@ -184,49 +158,3 @@ class SpineNetRetinaNet(RetinaNet):
         (``cls_logits (N, HWA, C)``, ``bbox_regression (N, HWA, 4)``), no transform or NMS.
         Used for multiply-add counting and export."""
         return self.head(list(self.backbone(x).values()))
-
-
-def detector_backbone(model_id: str, spec: Any, spec_overrides: dict[str, Any]) -> SpineNet:
-    """The preset's SpineNet (or ``spec``: object, dict, genome or JSON path), with overrides."""
-    base = spinenet_spec(model_id) if spec is None else SpineNetSpec.coerce(spec)
-    return SpineNet(base.replace(**spec_overrides) if spec_overrides else base)
-
-
-def _retinanet(model_id: str, *, spec: Any = None, **kwargs: Any) -> SpineNetRetinaNet:
-    """The preset's detector; ``spec`` (object, dict, genome or JSON path) replaces its backbone spec."""
-    det, spec_overrides = split_detector_kwargs(kwargs, RETINANET_KEYS)
-    preset = DETECTOR_PRESETS[model_id]
-    settings: dict[str, Any] = dict(image_size=preset.image_size, head_num_filters=preset.head_num_filters,
-                                    head_num_convs=preset.head_num_convs, anchor_size=preset.anchor_size)
-    settings.update(det)
-    backbone = detector_backbone(model_id, spec, spec_overrides)
-    if spec is not None:
-        kwargs = dict(kwargs, spec=backbone.spec.to_dict())
-    model = SpineNetRetinaNet(backbone, **settings)
-    model.config = OrderedDict(name=f"retinanet_spinenet{model_id}", **kwargs)  # how to rebuild it
-    return model
-
-
-def _register(model_id: str) -> None:
-    def builder(**kwargs: Any) -> SpineNetRetinaNet:
-        return _retinanet(model_id, **kwargs)
-
-    preset = DETECTOR_PRESETS[model_id]
-    builder.__name__ = f"retinanet_spinenet{model_id}"
-    builder.__doc__ = (f"RetinaNet-SpineNet-{model_id.upper()} (official settings: {preset.image_size} px, head "
-                       f"{preset.head_num_convs}x{preset.head_num_filters}, anchor size {preset.anchor_size:g}). "
-                       f"Keywords: detector settings (see SpineNetRetinaNet) or SpineNet spec fields.")
-    register_model(builder, task="detector", preset=model_id, input_size=preset.image_size)
-
-
-for _id in DETECTOR_PRESETS:
-    _register(_id)
-
-
-@register_model(task="detector")
-def retinanet_spinenet(spec: Any, *, preset: str = "49", **kwargs: Any) -> SpineNetRetinaNet:
-    """A RetinaNet on any backbone spec (a search result, JSON path or genome), with the
-    detector settings of ``preset`` (head, anchors, image size): ``create_model("retinanet_spinenet", spec="best.json")``."""
-    if preset not in DETECTOR_PRESETS:
-        raise ValueError(f"preset {preset!r} unknown; expected one of {sorted(DETECTOR_PRESETS)}")
-    return _retinanet(preset, spec=spec, **kwargs)

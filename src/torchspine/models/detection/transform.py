@@ -1,6 +1,6 @@
 """Detector input handling: channel conversion, normalisation, long-side resize, square padding.
 
-Paper section 5.1 and reference section 8: "the long side of an image is resized to the
+Paper section 5.1 and tensorflow/tpu models/official/detection/utils/input_utils.py: "the long side of an image is resized to the
 target image size then the short side is padded with zeros to make a square image", after
 ImageNet mean/std normalisation (so the padding is zero in normalised space, as in the
 official ``pad_to_fixed_size``). Boxes are mapped back to each original image by
@@ -21,13 +21,13 @@ from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from torchspine.utils import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ["DetectionTransform", "ResizeMode", "to_rgb_float"]
 
 ResizeMode = Literal["square", "long_side", "none"]
 _RESIZE_MODES = ("square", "long_side", "none")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_rgb_float(image: Tensor) -> Tensor:
@@ -69,7 +69,7 @@ class DetectionTransform(GeneralizedRCNNTransform):
             ``size_divisible``).
         size_divisible: padding multiple for ``"long_side"`` / ``"none"`` (128 = the P7 stride,
             so every level tiles exactly; SpineNet itself accepts any size).
-        image_mean, image_std: normalisation (ImageNet, reference section 8).
+        image_mean, image_std: normalisation (ImageNet, :data:`torchspine.utils.IMAGENET_MEAN` / ``IMAGENET_STD``).
     """
 
     def __init__(
