@@ -60,7 +60,11 @@ def test_predict_command_draws_and_writes_coco_json(tmp_path, tiny_weights, caps
     assert results and {r["image_id"] for r in results} == ids
     sizes = {im["id"]: (im["width"], im["height"]) for im in images}
     for r in results:
-        assert set(r) == {"image_id", "category_id", "bbox", "score"}
+        # COCO result fields, plus the class name (COCO's, for 91 classes) and the input file
+        assert set(r) == {"image_id", "category_id", "bbox", "score", "category_name", "file_name"}
+        from torchvision.models._meta import _COCO_CATEGORIES
+
+        assert r["category_name"] == _COCO_CATEGORIES[r["category_id"]]
         x, y, w, h = r["bbox"]
         width, height = sizes[r["image_id"]]
         assert 0 <= x and 0 <= y and w >= 0 and h >= 0 and x + w <= width + 0.01 and y + h <= height + 0.01

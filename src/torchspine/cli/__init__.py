@@ -25,7 +25,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("demo", "torchspine.cli.demo", "run the built-in end-to-end demo"),
     ("train", "torchspine.cli.train", "train a detector (recipes, DDP via torchrun, --resume)"),
     ("eval", "torchspine.cli.eval", "COCO AP of trained weights (pycocotools): table + JSON"),
-    ("data", "torchspine.cli.data", "built-in synthetic dataset; check a COCO annotation file"),
+    ("data", "torchspine.cli.data", "built-in synthetic dataset; check COCO; import VOC/YOLO/CSV; tile large images"),
     ("profile", "torchspine.cli.profile", "parameters and multiply-adds beside the published figures"),
     ("classify", "torchspine.cli.classify", "image classification: built-in data, train, top-1/top-5 eval"),
     ("predict", "torchspine.cli.predict", "detect objects in images: drawn images + COCO-format JSON"),

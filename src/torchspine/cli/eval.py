@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from torchspine.cli.common import add_device_argument, image_size, run_folder_weights
@@ -37,36 +38,39 @@ def run(args: argparse.Namespace) -> int:
     from torchspine.data.synth import ensure_synth
     from torchspine.engine.evaluate import evaluate_coco, format_table
     from torchspine.engine.trainer import resolve_device
+    from torchspine.engine.runs import load_run_config, load_trained, resolve_run_path
     from torchspine.models.registry import model_info
-    from torchspine.models.saved import load_model, load_weights, read_model_metadata
+    from torchspine.models.saved import load_weights, read_model_metadata
 
-    cfg: dict = {}
-    if args.run:
-        cfg_path = Path(args.run) / "config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{cfg_path} not found: is {args.run!r} a training output folder?")
-        cfg = json.loads(cfg_path.read_text())
+    cfg: dict = load_run_config(args.run) if args.run else {}
+    if args.run and not cfg:
+        raise FileNotFoundError(f"{Path(args.run) / 'config.json'} not found: is {args.run!r} a training output "
+                                f"folder?")
     weights = str(run_folder_weights(args.run, args.weights))  # errors name the missing file
     if args.ann:
         if not args.images:
             raise ValueError("--ann needs --images")
         ann, images = args.ann, args.images
-    elif cfg.get("val_ann"):
-        ann, images = cfg["val_ann"], cfg["val_images"]
+    elif cfg.get("val_ann"):  # resolved wherever the command runs from
+        ann = resolve_run_path(cfg["val_ann"], args.run, what="val_ann")
+        images = resolve_run_path(cfg["val_images"], args.run, what="val_images")
     else:
         synth = ensure_synth()
         ann, images = synth["val_ann"], synth["val_images"]
     saved = None
-    if not (args.model or args.model_overrides or args.image_size) and str(weights).endswith(".safetensors"):
+    if not (args.model or args.model_overrides) and str(weights).endswith(".safetensors"):
         try:
             saved = read_model_metadata(weights)
         except ValueError:
             saved = None  # bare weights: rebuilt from the run's config below
     if saved is not None:
-        # A saved model (torchspine.models.saved): it rebuilds itself, with its label mapping.
-        model = load_model(weights)
-        name = saved["model"]
-        category_ids = saved["info"].get("category_ids")
+        # A saved model (torchspine.models.saved): it rebuilds itself, with its label mapping and image size.
+        trained = load_trained(weights, **({"image_size": args.image_size} if args.image_size else {}))
+        if args.image_size and trained.image_size and args.image_size != trained.image_size:
+            print(f"torchspine eval: warning: --image-size {args.image_size} overrides the size the model was trained "
+                  f"at ({trained.image_size})", file=sys.stderr)
+        model, name = trained.model, trained.name
+        category_ids = trained.info.get("category_ids")
         with_masks = model_info(name).task == "instance_segmentation"
         dataset = CocoDetection(ann, images, with_masks=with_masks, category_ids=category_ids)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -10,21 +11,24 @@ from torchspine.cli.common import MIN_IMAGE_SIZE, add_set_argument, int_at_least
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
+    p.add_argument("--model", default=None,
                    help="model name: a backbone (spinenet49), classifier (spinenet49_cls) or detector "
-                        "(retinanet_spinenet49)")
-    p.add_argument("--weights", default=None,
-                   help="weights: a catalogue tag or name (coco, imagenet, retinanet_spinenet49.coco; see "
-                        "`torchspine weights list`), a saved model (`torchspine convert` / train output: its recorded "
-                        "settings are used) or a safetensors / torch state dict for --model")
+                        "(retinanet_spinenet49); not needed with a run folder or saved model as --weights")
+    p.add_argument("--weights", default=None, metavar="RUN_OR_FILE",
+                   help="a training run folder or saved model file (its model, settings and trained image size are "
+                        "used), a catalogue tag or name (coco, imagenet, retinanet_spinenet49.coco; see `torchspine "
+                        "weights list`), or a safetensors / torch state dict for --model")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (onnx)")
     p.add_argument("--out", required=True, help="output file")
-    p.add_argument("--size", type=int_at_least(MIN_IMAGE_SIZE, "--size"), nargs="+", default=[256], metavar="N",
-                   help="example input size: N (square) or H W; dynamic export needs multiples of 128, >= 256")
+    p.add_argument("--size", type=int_at_least(MIN_IMAGE_SIZE, "--size"), nargs="+", default=None, metavar="N",
+                   help="input size: N (square) or H W (default: a run's trained image size, else 256); "
+                        "dynamic export needs multiples of 128, >= 256")
     p.add_argument("--no-postprocess", action="store_true",
                    help="detectors: export raw head outputs (cls_logits, bbox_regression) instead of boxes after NMS")
     p.add_argument("--static", action="store_true",
-                   help="fixed image size (legacy exporter, faster); default: dynamic batch and image size")
+                   help="fixed image size (legacy exporter, faster). Default: dynamic batch and image size for "
+                        "backbones, classifiers and --no-postprocess detectors; a detector WITH post-processing "
+                        "(the default) is always fixed: one 3 x H x W image of --size")
     add_set_argument(p, help="model keyword / spec override, e.g. --set num_classes=10 (repeatable)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs PyTorch check")
 
@@ -44,8 +48,22 @@ def _load_model_unchecked(args: argparse.Namespace) -> torch.nn.Module:
 
     overrides = parse_set(args.sets)
     if args.weights:
-        # A saved model (trained, converted, downloaded) is rebuilt from its own settings; a
-        # catalogue tag (coco, imagenet ...) is fetched; any other file is a state dict for --model.
+        from torchspine.cli.predict import _is_trained
+
+        if _is_trained(args.weights):  # a run folder or saved model: rebuilt from its own settings
+            from torchspine.engine.runs import load_trained
+
+            trained = load_trained(args.weights, **overrides)
+            if args.model and args.model != trained.name:
+                raise ValueError(f"--model {args.model} differs from the model of {trained.path} ({trained.name}); "
+                                 f"leave --model out")
+            args.model = trained.name
+            args.trained_image_size = trained.image_size
+            return trained.model.eval()
+    if not args.model:
+        raise ValueError("give --model NAME (or a run folder / saved model as --weights)")
+    if args.weights:
+        # A catalogue tag (coco, imagenet ...) is fetched; any other file is a state dict for --model.
         return create_model(args.model, weights=args.weights, **overrides).eval()
     return create_model(args.model, **overrides).eval()
 
@@ -53,10 +71,16 @@ def _load_model_unchecked(args: argparse.Namespace) -> torch.nn.Module:
 def run(args: argparse.Namespace) -> int:
     from torchspine.interop.onnx import export_onnx, verify_onnx
 
-    if len(args.size) not in (1, 2):
-        raise ValueError(f"--size takes N or H W, got {args.size}")
-    h, w = (args.size[0], args.size[0]) if len(args.size) == 1 else tuple(args.size)
     model = _load_model(args)
+    trained = getattr(args, "trained_image_size", None)
+    if args.size is None:
+        args.size = [trained or 256]
+    elif trained and max(args.size) != trained:
+        print(f"torchspine export: warning: --size {' '.join(map(str, args.size))} differs from the size the model "
+              f"was trained at ({trained})", file=sys.stderr)
+    if len(args.size) not in (1, 2) or min(args.size) < 32:
+        raise ValueError(f"--size takes N or H W (each >= 32), got {args.size}")
+    h, w = (args.size[0], args.size[0]) if len(args.size) == 1 else tuple(args.size)
     result = export_onnx(model, args.out, image_size=(h, w), postprocess=not args.no_postprocess,
                          dynamic=not args.static)
     print(f"exported {args.model} ({result.kind}{', with post-processing' if result.postprocess else ''}) "

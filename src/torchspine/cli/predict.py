@@ -1,10 +1,18 @@
 """``torchspine predict``: run a detector on images or folders, draw the detections, and write
 them in COCO result format.
 
+``--weights`` takes a run folder (``torchspine train --out``), a saved model file or a
+weights file: a run or saved model brings its model, settings, image size, classes and label
+names, so nothing has to be repeated (a flag that changes the trained image size is warned
+about). ``--tile SIZE`` cuts large images into overlapping tiles, predicts each at the model's
+size and merges the boxes (torchspine.data.tiling).
+
 Writes, under ``--out``: one drawn image per input (``<name>.png``; ``<name>_<i>.png`` when
-names repeat), ``detections.json`` (COCO results: ``image_id``, ``category_id``, ``bbox``
-``[x, y, w, h]``, ``score``, and RLE ``segmentation`` for Mask R-CNN) and ``images.json``
-(``id``, ``file_name``, ``width``, ``height`` for each image id). An input that is missing or
+names repeat), ``detections.json`` (COCO results: ``image_id``, ``category_id`` (the
+annotation file's id), ``category_name``, ``bbox`` ``[x, y, w, h]``, ``score``, ``file_name``,
+and RLE ``segmentation`` for Mask R-CNN) and ``images.json`` (``id``, ``file_name``, ``width``,
+``height`` for each image id). Image ids come from ``--ann`` (a COCO file listing the images by
+file name) when given, else they number the inputs 1.. in order. An input that is missing or
 cannot be decoded is reported by name on stderr and skipped; the exit status is then 1.
 """
 
@@ -12,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -30,17 +40,31 @@ from torchspine.utils import atomic_write, atomic_write_text
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    p.add_argument("--model", default="retinanet_spinenet49", help="registered detector name (default: %(default)s)")
-    p.add_argument("--weights", default=None,
-                   help="catalogue weights (coco, or a name from `torchspine weights list`; downloaded once), a "
-                        "saved model, or a safetensors file / training checkpoint (torch.load weights_only); "
-                        "without it the model is randomly initialised (a warning is printed)")
+    p.add_argument("--weights", default=None, metavar="RUN_OR_FILE",
+                   help="a training run folder or saved model file (brings model, settings, image size and class "
+                        "names), catalogue weights (coco, or a name from `torchspine weights list`; downloaded "
+                        "once), or a safetensors file / training checkpoint for --model; without it the model is "
+                        "randomly initialised (a warning is printed)")
+    p.add_argument("--model", default=None,
+                   help="registered detector name, for catalogue or bare weights or none (default: the run's, else "
+                        "retinanet_spinenet49)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--num-classes", type=int, default=None,
-                   help="classes of the weights (default: the saved model's, else 91 for COCO)")
-    p.add_argument("--image-size", type=image_size, default=None, help="target long side (default: the model's)")
+                   help="classes of bare weights (default: the saved model's, else 91 = COCO)")
+    p.add_argument("--image-size", type=image_size, default=None,
+                   help="target long side (default: the run's trained size, else the model's)")
     p.add_argument("--score-thresh", type=float, default=0.3,
                    help="draw and write detections with at least this score (default: %(default)s)")
+    p.add_argument("--tile", type=int, default=None, metavar="SIZE",
+                   help="large images: predict on SIZE x SIZE tiles (e.g. the training tile size) and merge")
+    p.add_argument("--overlap", type=float, default=0.2, metavar="FRACTION",
+                   help="--tile: overlap of neighbouring tiles; make it larger than the objects (default %(default)s)")
+    p.add_argument("--merge", choices=("nms", "weighted"), default="nms",
+                   help="--tile: merge boxes across tiles by class-wise NMS or a score-weighted mean "
+                        "(default %(default)s)")
+    p.add_argument("--merge-iou", type=float, default=0.5, help="--tile: IoU above which boxes are merged")
+    p.add_argument("--ann", default=None,
+                   help="COCO annotation file listing the inputs: its image ids are used in detections.json")
     add_set_argument(p, dest="overrides", help="extra model keyword (detector setting or SpineNet spec field), "
                                                "value JSON or a plain string, e.g. --set filter_size_scale=0.25; "
                                                "repeatable")
@@ -55,41 +79,106 @@ def _save_png(path: Path, image: torch.Tensor) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
 
 
+def _is_trained(weights: str) -> bool:
+    """A run folder or a file in the saved-model format (as opposed to bare tensors)."""
+    from torchspine.models.saved import read_model_metadata
+
+    p = Path(weights)
+    if p.is_dir():
+        return True
+    if p.suffix != ".safetensors" or not p.is_file():
+        return False
+    try:
+        read_model_metadata(p)
+        return True
+    except ValueError:
+        return (p.parent / "config.json").is_file()  # a run's model file from before the info dict
+
+
+def load_detector(args: argparse.Namespace) -> tuple[torch.nn.Module, list[str] | None, Callable[[int], int]]:
+    """The model, its label names (index = label) and label -> the annotation file's category id."""
+    from torchspine.engine.runs import TrainedModel, load_trained
+
+    kwargs = parse_set(args.overrides)
+    kwargs.setdefault("score_thresh", args.score_thresh)  # the model's own post-NMS filter
+    if args.image_size:
+        kwargs["image_size"] = args.image_size
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    if args.weights and _is_trained(args.weights):  # a run folder or saved model: its own settings
+        trained = load_trained(args.weights, **kwargs)
+        if args.model and args.model != trained.name:
+            raise ValueError(f"--model {args.model} differs from the model of {trained.path} ({trained.name}); "
+                             f"leave --model out")
+        if args.image_size and trained.image_size and args.image_size != trained.image_size:
+            print(f"torchspine predict: warning: --image-size {args.image_size} overrides the size the model was "
+                  f"trained at ({trained.image_size}); detections may be much worse", file=sys.stderr)
+    else:
+        name = args.model or "retinanet_spinenet49"
+        if model_info(name).task not in ("detector", "instance_segmentation"):
+            raise ValueError(f"--model {name!r} is a {model_info(name).task}, not a detector "
+                             "(try retinanet_spinenet49 or maskrcnn_spinenet49)")
+        if not args.weights:
+            kwargs.setdefault("num_classes", 91)
+            model = create_model(name, **kwargs)
+            print("torchspine predict: warning: no --weights given, using random initialisation", file=sys.stderr)
+        else:  # catalogue weights (fetched once) or a state dict for --model
+            if args.num_classes is None and not _looks_like_catalogue(args.weights):
+                kwargs.setdefault("num_classes", 91)
+            model = create_model(name, weights=args.weights, **kwargs)
+        info = dict(getattr(model, "torchspine_info", None) or {})
+        info.setdefault("num_classes", getattr(getattr(model, "head", None), "num_classes", None)
+                        or kwargs.get("num_classes", 91))
+        trained = TrainedModel(model=model, name=name, info=info, path=Path(str(args.weights or name)))
+    names = trained.label_names or class_names_for(trained.num_classes or 0)
+    return trained.model, names, trained.category_id
+
+
+def _looks_like_catalogue(weights: str) -> bool:
+    return not Path(weights).exists() and os.sep not in weights and not weights.endswith((".safetensors", ".pt", ".pth"))
+
+
+def _image_ids(ann: str | None, files: list[Path]) -> dict[Path, int]:
+    if ann is None:
+        return {f: i for i, f in enumerate(files, start=1)}
+    from torchspine.utils import read_json
+
+    data = read_json(ann, what="annotation file")
+    by_name: dict[str, int] = {}
+    for im in data.get("images", []):
+        by_name.setdefault(Path(str(im.get("file_name", ""))).name, int(im["id"]))
+    missing = [f.name for f in files if f.name not in by_name]
+    if missing:
+        raise ValueError(f"--ann {ann}: no image named {missing[0]!r} (and {len(missing) - 1} more inputs) in its "
+                         f"'images'")
+    return {f: by_name[f.name] for f in files}
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    kwargs = parse_set(args.overrides)
-    if args.num_classes is not None or not args.weights:
-        kwargs["num_classes"] = args.num_classes or 91
-    kwargs.setdefault("score_thresh", args.score_thresh)  # the model's own post-NMS filter
-    if args.image_size is not None:
-        kwargs["image_size"] = args.image_size
-    if model_info(args.model).task not in ("detector", "instance_segmentation"):
-        raise ValueError(f"--model {args.model!r} is a {model_info(args.model).task}, not a detector "
-                         "(try retinanet_spinenet49 or maskrcnn_spinenet49)")
-    if args.weights:
-        model = create_model(args.model, weights=args.weights, **kwargs)
-    else:
-        model = create_model(args.model, **kwargs)
-        print("torchspine predict: warning: no --weights given, using random initialisation", file=sys.stderr)
+    if args.image_size is not None and args.image_size < 32:
+        raise ValueError(f"--image-size must be >= 32, got {args.image_size}")
+    model, names, category_id = load_detector(args)
+    if not hasattr(model, "transform") or not (hasattr(model, "roi_heads") or hasattr(model, "head")):
+        raise ValueError(f"{args.model or args.weights!r} is not a detector (try retinanet_spinenet49 or a "
+                         f"detection run folder)")
     model.eval()
-    info = getattr(model, "torchspine_info", {})
-    # A saved model (models/saved.py) carries the file's category ids of its labels 1..K.
-    category_ids = info.get("category_ids")
     if not args.no_optimize:
         model = prepare_for_inference(model)
-    names = info.get("label_names") or class_names_for(getattr(model, "num_classes", kwargs.get("num_classes", 91)))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     files = find_images(args.inputs)
     if not files:
         raise ValueError(f"no images found in {args.inputs}")
+    ids = _image_ids(args.ann, files)
     results: list[dict] = []
     images_meta: list[dict] = []
     failed = 0
     used_names: set[str] = set()
-    for image_id, path in enumerate(files, start=1):
+    for path in files:
+        image_id = ids[path]
         try:
             image = read_image(path)
         except (FileNotFoundError, ValueError) as e:
@@ -97,7 +186,13 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             continue
         t0 = time.perf_counter()
-        det = predict(model, [image])[0]
+        if args.tile:
+            from torchspine.data.tiling import predict_tiled
+
+            det = predict_tiled(model, image, tile=args.tile, overlap=args.overlap, merge=args.merge,
+                                iou_thresh=args.merge_iou)
+        else:
+            det = predict(model, [image])[0]
         ms = 1000 * (time.perf_counter() - t0)
         keep = det["scores"] >= args.score_thresh
         stem = path.stem
@@ -108,10 +203,17 @@ def run(args: argparse.Namespace) -> int:
             k += 1
         used_names.add(name)
         _save_png(out_dir / name, draw_detections(image, det, class_names=names, score_thresh=args.score_thresh))
-        results.extend(to_coco_results(det, image_id, score_thresh=args.score_thresh, category_ids=category_ids))
+        for r in to_coco_results(det, image_id, score_thresh=args.score_thresh):
+            label = r["category_id"]
+            r["category_id"] = category_id(label)
+            if names is not None and 0 <= label < len(names):
+                r["category_name"] = names[label]
+            r["file_name"] = str(path)
+            results.append(r)
         images_meta.append({"id": image_id, "file_name": str(path), "width": int(image.shape[-1]),
                             "height": int(image.shape[-2]), "drawn": name})
-        print(f"{path}: {int(keep.sum())} detections >= {args.score_thresh} ({ms:.0f} ms) -> {out_dir / name}")
+        print(f"{path}: {int(keep.sum())} detections >= {args.score_thresh} ({ms:.0f} ms"
+              + (f", tiles of {args.tile}" if args.tile else "") + f") -> {out_dir / name}")
     atomic_write_text(out_dir / "detections.json", json.dumps(results) + "\n")
     atomic_write_text(out_dir / "images.json", json.dumps(images_meta, indent=1) + "\n")
     print(f"wrote {len(results)} detections for {len(images_meta)} images to {out_dir / 'detections.json'}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from torchspine.cli.common import add_device_argument, add_set_argument, image_size, int_at_least, parse_set
@@ -14,7 +15,7 @@ DEFAULT_RECIPE = "demo_synth"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=DEFAULT_RECIPE,
+    p.add_argument("--config", default=None,
                    help=f"recipe: a packaged name (see --list-recipes) or a JSON file (default {DEFAULT_RECIPE})")
     p.add_argument("--list-recipes", action="store_true", help="list the packaged recipes and exit")
     p.add_argument("--model", help="registered detector name, e.g. retinanet_spinenet49s")
@@ -30,7 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="learning rate at the recipe's lr_reference_batch")
     add_device_argument(p, default=None)
     p.add_argument("--output-dir", "--out", dest="output_dir")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUTPUT_DIR (its config.json and checkpoint.pt; other arguments may be "
+                        "left out, and those given must agree with the run)")
+    p.add_argument("--weights", metavar="NAME_OR_FILE",
+                   help="fine-tune: start from a saved model file, a run folder or a catalogue entry (backbone "
+                        "always; the head when the classes match, else a fresh classification layer); see the "
+                        "finetune recipe (--config finetune)")
+    p.add_argument("--freeze-bn", action="store_true", help="keep the backbone's BatchNorm frozen (inference mode)")
     p.add_argument("--eval-interval", type=int, help="evaluate every N steps (0: only at the end)")
     p.add_argument("--checkpoint-interval", type=int, help="checkpoint every N steps")
     p.add_argument("--num-workers", type=int)
@@ -44,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from torchspine.cli.classify import add_task_arguments
 
     add_task_arguments(p)  # --task classify --data DIR: handled by torchspine.cli.classify
+    _PARSER_ACTIONS[:] = [a for a in p._actions if a.option_strings]
+
+
+_PARSER_ACTIONS: list[argparse.Action] = []  # for naming a differing field by its flag (--resume)
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -55,7 +67,14 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         v = getattr(args, name, None)
         if v is not None:
             over[name] = v
-    for flag, field in (("resume", "resume"), ("skip_bad_annotations", "skip_bad_annotations")):
+    for name in ("train_ann", "train_images", "val_ann", "val_images"):
+        if name in over:  # the run's config.json must work from any folder
+            over[name] = str(Path(over[name]).resolve())
+    if getattr(args, "weights", None):
+        w = Path(args.weights)
+        over["weights"] = str(w.resolve()) if w.exists() else args.weights  # a file / run, or a catalogue name
+    for flag, field in (("resume", "resume"), ("skip_bad_annotations", "skip_bad_annotations"),
+                        ("freeze_bn", "freeze_bn")):
         if getattr(args, flag, False):
             over[field] = True
     if getattr(args, "no_progress", False):
@@ -87,11 +106,35 @@ def _train_detector(args: argparse.Namespace) -> int:
         for name in list_recipes():
             print(name)
         return 0
-    cfg = load_config(args.config, **config_overrides(args))
-    if args.spec:
-        cfg = cfg.replace(model_overrides={**cfg.model_overrides, "spec": args.spec})
+    over = config_overrides(args)
+    out = over.get("output_dir") or load_config(args.config or DEFAULT_RECIPE).output_dir
+    if args.resume and not (Path(out) / "config.json").is_file() and (Path(out) / "checkpoint.pt").is_file():
+        # a checkpoint without the run's config (written by hand or by an old version): the arguments say it all
+        cfg = load_config(args.config or DEFAULT_RECIPE, **over)
+        if args.spec:
+            cfg = cfg.replace(model_overrides={**cfg.model_overrides, "spec": args.spec})
+    elif args.resume:
+        from torchspine.engine.config import recipe_path
+        from torchspine.engine.runs import resume_config
+        from torchspine.utils import read_json
+
+        recipe = read_json(recipe_path(args.config), what="recipe file") if args.config else None
+        flags = {a.dest: a.option_strings[-1] for a in _PARSER_ACTIONS}
+        flags.update({"model_overrides": "--set model_overrides / --spec", "progress": "--no-progress"})
+        cfg = resume_config(out, over, flags=flags, recipe=recipe)
+        if args.spec and cfg.model_overrides.get("spec") != args.spec:
+            raise ValueError(f"--resume: --spec {args.spec!r} differs from the run's spec "
+                             f"{cfg.model_overrides.get('spec')!r}; leave it out to continue that run")
+    else:
+        cfg = load_config(args.config or DEFAULT_RECIPE, **over)
+        if args.spec:
+            cfg = cfg.replace(model_overrides={**cfg.model_overrides, "spec": args.spec})
+    if cfg.weights and not args.resume:
+        from torchspine.engine.finetune import finetune_config
+
+        cfg = finetune_config(cfg)
     result = train(cfg)
     if result:  # rank 0
-        print(format_table(result))
+        print(format_table(result))  # the trainer logs one line; the table is printed once, here
         print(f"{result['steps']} steps, {result['images_per_second']:.2f} img/s; outputs in {result['output_dir']}")
     return 0

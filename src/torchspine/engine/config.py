@@ -41,6 +41,8 @@ class TrainConfig:
     model: str = "retinanet_spinenet49s"
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. filter_size_scale, spec (path)
     image_size: int = 256
+    weights: str | None = None  # fine-tune from a saved model / run folder / catalogue entry (engine/finetune.py)
+    freeze_bn: bool = False  # keep the backbone's BatchNorm in inference mode (fine-tuning with small batches)
     # data (None: the built-in synthetic dataset, generated on first use)
     train_ann: str | None = None
     train_images: str | None = None

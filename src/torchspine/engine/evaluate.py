@@ -36,7 +36,15 @@ def coco_metrics(coco_gt: COCO, results: list[dict], *, iou_type: str = "bbox",
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     if not results:
-        return {k: 0.0 for k in STAT_NAMES}
+        # pycocotools' loadRes rejects an empty list; one detection that matches nothing scores the
+        # same (no true positives) and keeps -1 for size ranges without ground truth.
+        img = next(iter(image_ids)) if image_ids else next(iter(coco_gt.imgs), None)
+        cat = next(iter(coco_gt.cats), None)
+        if img is None or cat is None:
+            return {k: 0.0 for k in STAT_NAMES}
+        results = [{"image_id": img, "category_id": cat, "bbox": [0.0, 0.0, 1e-3, 1e-3], "score": 1e-9}]
+        if iou_type == "segm":
+            results[0]["segmentation"] = [[0.0, 0.0, 1e-3, 0.0, 1e-3, 1e-3]]
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(results)
         ev = COCOeval(coco_gt, coco_dt, iou_type)
@@ -46,7 +54,15 @@ def coco_metrics(coco_gt: COCO, results: list[dict], *, iou_type: str = "bbox",
         ev.accumulate()
         ev.summarize()
     # pycocotools reports -1 where a size range has no ground truth; keep its convention.
-    return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
+    out: dict[str, Any] = {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
+    # AP per category (IoU 0.50:0.95, all areas, 100 detections), as summarize() averages it.
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # (iou, recall, category)
+    per_class = {}
+    for k, cat in enumerate(ev.params.catIds):
+        p = precision[:, :, k]
+        per_class[str(cat)] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
+    out["per_class_AP"] = per_class
+    return out
 
 
 @torch.no_grad()
@@ -106,7 +122,8 @@ def evaluate_coco(model: nn.Module, data: CocoDetection | Iterable, *, coco_gt: 
     result: dict[str, Any] = dict(coco_metrics(coco_gt, boxes, iou_type="bbox", image_ids=image_ids))
     if masks or with_masks:
         result.update({f"mask_{k}": v for k, v in coco_metrics(coco_gt, masks, iou_type="segm",
-                                                               image_ids=image_ids).items()})
+                                                               image_ids=image_ids).items() if k != "per_class_AP"})
+    result["class_names"] = {str(c["id"]): c["name"] for c in coco_gt.dataset.get("categories", [])}
     result["num_images"] = len(image_ids)
     result["num_detections"] = len(boxes)
     result["seconds"] = seconds
@@ -115,14 +132,24 @@ def evaluate_coco(model: nn.Module, data: CocoDetection | Iterable, *, coco_gt: 
     return result
 
 
-def format_table(metrics: dict[str, Any]) -> str:
-    """A plain-text table of the AP numbers (box, and mask when present)."""
+def format_table(metrics: dict[str, Any], class_names: dict[str, str] | None = None) -> str:
+    """A plain-text table of the AP numbers (box, and mask when present; "-" where the data has
+    no objects of that size), then box AP per class when the metrics hold it (``class_names``:
+    category id -> name)."""
     cols = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     rows = [("box", "")] + ([("mask", "mask_")] if "mask_AP" in metrics else [])
     lines = ["type  " + " ".join(f"{c:>6}" for c in cols)]
     for name, prefix in rows:
         lines.append(f"{name:<5} " + " ".join(f"{100 * metrics[prefix + c]:6.1f}" if metrics[prefix + c] >= 0
                                              else f"{'-':>6}" for c in cols))
+    per_class = metrics.get("per_class_AP")
+    names = class_names or metrics.get("class_names") or {}
+    if per_class and (len(per_class) > 1 or names):
+        width = max(12, *(len(str(names.get(c, c))) for c in per_class))
+        lines.append(f"{'class':<{width}} {'id':>4} {'AP':>6}")
+        for cat, ap in per_class.items():
+            value = f"{100 * ap:6.1f}" if ap >= 0 else f"{'-':>6}"
+            lines.append(f"{str(names.get(cat, cat)):<{width}} {cat:>4} {value}")
     return "\n".join(lines)
 
 

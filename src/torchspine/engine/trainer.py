@@ -31,7 +31,8 @@ from torchspine.engine.build import build_model
 from torchspine.engine.config import TrainConfig
 from torchspine.engine.distributed import (DistInfo, cleanup_distributed, convert_batchnorm, globalize_loss_normalizer,
                                            init_distributed)
-from torchspine.engine.evaluate import evaluate_coco, format_table
+from torchspine.engine.evaluate import evaluate_coco
+from torchspine.engine.finetune import freeze_backbone_bn, init_from_pretrained
 from torchspine.engine.fit import CHECKPOINT_NAME, FitOptions, fit
 from torchspine.engine.hooks import barrier
 from torchspine.engine.loop import NonFiniteLossError, epoch_batches, rank_seed, seed_everything
@@ -152,12 +153,17 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None,
         cleanup_distributed()
 
 
-def _build_detector(cfg: TrainConfig, num_classes: int, model: nn.Module | None) -> nn.Module:
+def _build_detector(cfg: TrainConfig, num_classes: int, model: nn.Module | None,
+                    label_names: list[str] | None = None) -> nn.Module:
     if model is None:
         overrides = dict(cfg.model_overrides)
         if cfg.stochastic_depth_rate is not None:
             overrides["stochastic_depth_rate"] = cfg.stochastic_depth_rate
         model = build_model(cfg.model, num_classes=num_classes, image_size=cfg.image_size, overrides=overrides)
+        if cfg.weights:  # fine-tuning (engine/finetune.py)
+            init_from_pretrained(model, cfg.weights, label_names=label_names)
+    if cfg.freeze_bn:
+        logger.info("froze %d backbone BatchNorm layers", freeze_backbone_bn(model))
     if cfg.dropblock:
         n = add_dropblock(model, block_size=cfg.dropblock_size, keep_prob=cfg.dropblock_keep_prob)
         logger.info("DropBlock(size %d, keep %.2f): %d places in the backbone's blocks", cfg.dropblock_size,
@@ -180,7 +186,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, out: Path, mo
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set ({len(train_ds)} images)")
     total_steps, decay_steps = schedule_steps(cfg, steps_per_epoch)
 
-    model = _build_detector(cfg, train_ds.num_classes, model)
+    model = _build_detector(cfg, train_ds.num_classes, model, train_ds.label_names)
     max_level = next((m.spec.max_level for m in model.modules() if isinstance(getattr(m, "spec", None), SpineNetSpec)), 7)
     check_batch_size(cfg.batch_size // info.world_size, cfg.image_size, max_level=max_level)  # before BatchNorm fails deep inside
     model = convert_batchnorm(model, device=device, world_size=info.world_size, mode=cfg.sync_bn)
@@ -239,5 +245,6 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, out: Path, mo
         plot_curves(out / "curves.png", r.history, r.evals, title=f"{cfg.model} ({r.steps} steps)")
     except Exception as e:  # noqa: BLE001
         logger.warning("could not draw curves.png: %s", e)
-    logger.info("finished %d steps in %.0f s\n%s", r.steps, r.train_seconds, format_table(final))
+    # one line: the command prints the table (it was printed twice)
+    logger.info("finished %d steps in %.0f s: AP %.3f AP50 %.3f", r.steps, r.train_seconds, final["AP"], final["AP50"])
     return result
