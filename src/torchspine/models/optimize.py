@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["FrozenCompiled", "fold_batch_norms_", "optimize_for_inference", "prepare_for_inference"]
+__all__ = ["CastInput", "FrozenCompiled", "fold_batch_norms_", "optimize_for_inference", "prepare_for_inference"]
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,95 @@ def _fold_head_norms_(model: nn.Module) -> int:
     return count
 
 
+class CastInput:
+    """A forward pre-hook that casts a module's first (tensor) argument to ``dtype`` and,
+    optionally, to channels_last: lets a lower-precision network take float32 or uint8 images.
+
+    A class rather than a closure so that the prepared model can be deep-copied and pickled.
+    """
+
+    def __init__(self, dtype: torch.dtype, channels_last: bool = False) -> None:
+        self.dtype = dtype
+        self.channels_last = channels_last
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        if not args or not isinstance(args[0], torch.Tensor):
+            return args
+        x = args[0]
+        fmt = torch.channels_last if self.channels_last and x.dim() == 4 else torch.preserve_format
+        if not x.is_floating_point():  # uint8 images: [0, 255] -> [0, 1], as DetectionTransform does
+            x = x.float() / float(torch.iinfo(x.dtype).max) if x.dtype != torch.bool else x.float()
+        return (x.to(dtype=self.dtype, memory_format=fmt), *args[1:])
+
+
+def _cast_detector_inputs_(model: nn.Module, dtype: torch.dtype, channels_last: bool) -> list[str]:
+    """Make a detector whose parameters are in ``dtype`` accept ordinary (float32 / uint8) images.
+
+    The transform (resize, normalise, pad) and the anchors, box decoding and NMS stay in float32
+    (box coordinates in bfloat16 would be quantised to 2-4 px at 640 px); the backbone casts
+    its input (the normalised batch) to ``dtype``, so the backbone and the heads run in it. Head
+    outputs (logits, box deltas) are cast back to float32 by the post-processing
+    (``SpineNetRetinaNet.postprocess_detections``; torchvision's ``BoxCoder.decode`` casts the
+    deltas to the anchors' dtype). For a Mask R-CNN, RoIAlign runs on float32 copies of the
+    features (its kernel needs the boxes' dtype) and the box / mask heads cast their inputs back.
+    Returns the names of the hooked modules.
+    """
+    hooked = []
+    backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, nn.Module):
+        backbone.register_forward_pre_hook(CastInput(dtype, channels_last))
+        hooked.append("backbone")
+    roi_heads = getattr(model, "roi_heads", None)
+    if isinstance(roi_heads, nn.Module):
+        for name in ("box_roi_pool", "mask_roi_pool"):
+            pool = getattr(roi_heads, name, None)
+            if isinstance(pool, nn.Module):
+                pool.register_forward_pre_hook(_FloatFeatures())
+                hooked.append(f"roi_heads.{name}")
+        for name in ("box_head", "mask_head"):
+            head = getattr(roi_heads, name, None)
+            if isinstance(head, nn.Module):
+                head.register_forward_pre_hook(CastInput(dtype, channels_last))
+                hooked.append(f"roi_heads.{name}")
+        for name in ("box_predictor", "mask_predictor"):
+            head = getattr(roi_heads, name, None)
+            if isinstance(head, nn.Module):
+                head.register_forward_hook(_FloatOutputs())
+                hooked.append(f"roi_heads.{name}")
+    rpn_head = getattr(getattr(model, "rpn", None), "head", None)
+    if isinstance(rpn_head, nn.Module):  # proposals: scores and NMS in float32 (no bfloat16 NMS kernel)
+        rpn_head.register_forward_hook(_FloatOutputs())
+        hooked.append("rpn.head")
+    return hooked
+
+
+def _to_float(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_float(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _to_float(v) for k, v in x.items()}
+    return x
+
+
+class _FloatOutputs:
+    """Forward hook: floating-point outputs (tensors, or lists / tuples / dicts of them) to float32."""
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        return _to_float(output)
+
+
+class _FloatFeatures:
+    """Pre-hook for torchvision's ``MultiScaleRoIAlign``: float32 features (the boxes stay float32)."""
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        feats = args[0]
+        if isinstance(feats, dict):
+            feats = {k: v.float() for k, v in feats.items()}
+        return (feats, *args[1:])
+
+
 def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_bn: bool = True,
                           pad_to_square: bool = False, dtype: torch.dtype | None = None) -> nn.Module:
     """An eval-mode copy prepared for fast CPU inference (BN folding, channels_last, no square pad).
@@ -205,9 +294,13 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_
     is for static-shape training batches; a 480x640 image then costs 480x640, not 640x640).
     Detections can differ slightly near the bottom / right edge, whose receptive fields
     covered padding.
+
+    With ``dtype`` (e.g. ``torch.bfloat16``), a detector still takes ordinary float32 or uint8
+    images: pre-processing, anchors, box decoding and NMS run in float32, the backbone and
+    heads in ``dtype`` (:func:`_cast_detector_inputs_`). A bare backbone or classifier casts
+    its input too.
     """
     from torchspine.models.detection.transform import DetectionTransform
-    from torchspine.models.optimize import optimize_for_inference
 
     out = optimize_for_inference(model, channels_last=False, fold_bn=fold_bn, dtype=dtype)
     transform = getattr(out, "transform", None)
@@ -219,4 +312,10 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_
         log.info("folded %d per-level head BNs", n)
     if channels_last:
         out = out.to(memory_format=torch.channels_last)
+    if dtype is not None:
+        if isinstance(getattr(out, "transform", None), nn.Module):
+            hooked = _cast_detector_inputs_(out, dtype, channels_last)
+            log.info("%s inputs cast to %s in %s", type(out).__name__, dtype, ", ".join(hooked))
+        else:
+            out.register_forward_pre_hook(CastInput(dtype, channels_last))
     return out
