@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (onnx)")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--size", type=int, nargs="+", default=[256], metavar="N",
-                   help="example input size: N (square) or H W; dynamic export needs multiples of 128, >= 256")
+                   help="example input size: N (square) or H W; the dynamic graph runs at any size")
     p.add_argument("--no-postprocess", action="store_true",
                    help="detectors: export raw head outputs (cls_logits, bbox_regression) instead of boxes after NMS")
     p.add_argument("--static", action="store_true",
