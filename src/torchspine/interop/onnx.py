@@ -39,7 +39,8 @@ from torch import nn
 
 from torchspine.models.backbone import SpineNet
 
-__all__ = ["ExportResult", "export_onnx", "model_kind", "run_onnx", "verify_onnx"]
+__all__ = ["ExportResult", "calibration_inputs", "export_onnx", "model_kind", "quantize_onnx_int8", "run_onnx",
+           "verify_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -276,3 +277,99 @@ def verify_onnx(model: nn.Module, result: ExportResult, x: torch.Tensor) -> floa
             worst = max(worst, float(np.abs(g.astype(np.float64) - r).max()))
             scale = max(scale, float(np.abs(r).max()))
     return worst / scale if scale else worst
+
+
+# Ops quantized by the INT8 export: the network's convolutions and the ops between them (the
+# merges' adds, the pools and resizes) so that activations stay in int8 from one conv to the
+# next. Pre-processing (Sub / Div), anchors, box decoding and NMS stay float32.
+INT8_OP_TYPES = ("Conv", "Add", "MaxPool", "Resize", "Relu")
+
+
+def calibration_inputs(images_dir: str | os.PathLike, result: ExportResult, *, count: int = 32,
+                       mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+                       std: tuple[float, float, float] = (0.229, 0.224, 0.225)) -> list[np.ndarray]:
+    """Calibration inputs for an exported graph from the images in ``images_dir`` (the first
+    ``count``, sorted by name), each resized to the export's example size.
+
+    A detector with post-processing takes the raw ``(3, H, W)`` image in [0, 1] (its graph
+    normalises); the other graphs take the ImageNet-normalised batch ``(1, 3, H, W)`` that the
+    detector transform and the classifiers' pre-processing produce.
+    """
+    from torchspine.data.images import find_images, read_image
+
+    folder = os.fspath(images_dir)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--calibrate {folder}: no such folder")
+    files = find_images([folder])[:count]
+    if not files:
+        raise ValueError(f"--calibrate {folder}: no image files (.jpg, .png, ...) in the folder")
+    h, w = result.example_shape[-2:]
+    out = []
+    for f in files:
+        img = read_image(f).float()[None] / 255.0
+        img = torch.nn.functional.interpolate(img, size=(h, w), mode="bilinear", align_corners=False,
+                                              antialias=True).clamp_(0, 1)
+        if result.postprocess:
+            out.append(img[0].numpy())
+        else:
+            m = torch.tensor(mean).view(1, 3, 1, 1)
+            sd = torch.tensor(std).view(1, 3, 1, 1)
+            out.append(((img - m) / sd).numpy())
+    return out
+
+
+def quantize_onnx_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, inputs: list[np.ndarray], *,
+                       per_channel: bool = True, calibrate_method: str = "minmax") -> str:
+    """Static INT8 quantization of an exported float32 graph with onnxruntime's tools.
+
+    ``onnxruntime.quantization.quantize_static`` in QDQ format (QuantizeLinear /
+    DequantizeLinear pairs that onnxruntime and OpenVINO fuse into int8 kernels): uint8
+    activations with ranges calibrated on ``inputs`` (``calibrate_method``: ``minmax``,
+    ``percentile`` or ``entropy``), int8 weights, per output channel by default. Only
+    :data:`INT8_OP_TYPES` are quantized. The graph is first pre-processed
+    (``quant_pre_process``: shape inference and graph optimisation), as onnxruntime
+    recommends. The output is written atomically; returns its path.
+    """
+    import tempfile
+
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quant_pre_process, quantize_static)
+
+    from torchspine.utils import atomic_write
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if calibrate_method not in methods:
+        raise ValueError(f"calibrate_method {calibrate_method!r}: expected one of {sorted(methods)}")
+    if not inputs:
+        raise ValueError("INT8 quantization needs at least one calibration input")
+    import onnx
+
+    name = onnx.load(os.fspath(fp32_path), load_external_data=False).graph.input[0].name
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(inputs)
+
+        def get_next(self):
+            x = next(self._it, None)
+            return None if x is None else {name: x}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = os.path.join(tmp, "pre.onnx")
+        try:
+            quant_pre_process(os.fspath(fp32_path), pre, skip_symbolic_shape=True)
+        except Exception as e:  # pre-processing is an optimisation; quantize the graph as exported
+            log.warning("quant_pre_process failed (%s); quantizing the exported graph as is", e)
+            pre = os.fspath(fp32_path)
+
+        def write(tmp_out: str) -> None:
+            quantize_static(pre, tmp_out, _Reader(), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(INT8_OP_TYPES), per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=methods[calibrate_method],
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+
+        atomic_write(out_path, write)
+    log.info("INT8 (static, QDQ, %d calibration inputs) -> %s", len(inputs), out_path)
+    return os.fspath(out_path)
