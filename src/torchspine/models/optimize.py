@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["CastInput", "FrozenCompiled", "fold_batch_norms_", "optimize_for_inference", "prepare_for_inference"]
+__all__ = ["CastInput", "FrozenCompiled", "SpineNetForInference", "rewrite_spinenets_", "fold_batch_norms_", "optimize_for_inference", "prepare_for_inference"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,179 @@ def fold_batch_norms_(model: nn.Module) -> int:
     return count
 
 
+def _plain_1x1(conv: nn.Module) -> bool:
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.groups == 1 and conv.dilation == (1, 1) and conv.bias is not None and not conv.weight.is_meta)
+
+
+def _act_key(m: nn.Module | None) -> tuple:
+    """Activation identity for fusing: the same type (and settings) computes the same function."""
+    if m is None or isinstance(m, nn.Identity):
+        return ("identity",)
+    return (type(m).__name__, getattr(m, "negative_slope", None))
+
+
+def _upsample_add_(base: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``base += nearest_upsample(y)`` without materialising the upsampled tensor, when
+    ``base``'s size is an integer multiple of ``y``'s in both dimensions (the same factor);
+    otherwise the plain resize and add. In place on ``base``; returns it."""
+    from torchspine.layers.resample import resize_nearest
+
+    n, c, hh, ww = base.shape
+    h, w = y.shape[-2:]
+    if hh % h == 0 and ww % w == 0 and hh // h == ww // w:
+        f = hh // h
+        base.view(n, c, h, f, w, f).add_(y[:, :, :, None, :, None])
+        return base
+    return base.add_(resize_nearest(y, (hh, ww)))
+
+
+class SpineNetForInference(nn.Module):
+    """A SpineNet rewritten for inference, computing the same function (up to float rounding).
+
+    Built by :func:`optimize_for_inference` (``rewrite=True``) from an eval-mode SpineNet whose
+    BNs are folded; it shares the original's modules (stem, blocks, endpoints). Two rewrites:
+
+    * **one conv for the reduce convs that read the same parent.** Every resampling of a parent
+      starts with a 1x1 conv + act (paper section 3.2, the ``alpha`` reduction); a parent read
+      by several later blocks runs one 1x1 conv with the concatenated weights, once, when it is
+      produced, and each consumer takes its slice of the channels.
+    * **project before nearest upsampling.** The 1x1 projection conv + BN (no activation) is a
+      per-pixel linear map and nearest upsampling repeats pixels, so they commute: projecting at
+      the parent's resolution costs ``4**k`` times fewer multiply-adds for an upsampling by
+      ``2**k``. The upsampled projection is added into the merge sum through a broadcasting
+      view, never materialised (the resize fallback covers sizes that do not divide).
+
+    The merge sum then starts from a parent that is not upsampled (when there is one), so the
+    additions happen in a different order than in :class:`~torchspine.models.backbone.SpineNet`:
+    results differ by float rounding only.
+    """
+
+    size_divisibility = 1
+
+    def __init__(self, net: nn.Module, *, fuse_reduce: bool = True, project_first: bool = True) -> None:
+        from torchspine.layers.resample import ResampleWithAlpha
+
+        super().__init__()
+        self.stem, self.blocks, self.endpoints = net.stem, net.blocks, net.endpoints
+        for name in ("spec", "out_channels", "strides", "feature_info", "feature_infos", "_levels", "_output_index"):
+            setattr(self, name, getattr(net, name))
+        self.project_first = project_first
+        # consumers[j]: (block index, parent slot) of every alpha resampling that reads feature j
+        consumers: dict[int, list[tuple[int, int]]] = {}
+        for i, block in enumerate(net.blocks):
+            for k, (p, r) in enumerate(zip(block.parents, block.resample)):
+                if isinstance(r, ResampleWithAlpha):
+                    consumers.setdefault(p, []).append((i, k))
+        self.fused = nn.ModuleDict()
+        self._fused_plan: dict[int, tuple[tuple[int, int, int], ...]] = {}
+        self._fused_act: dict[int, nn.Module] = {}
+        if fuse_reduce:
+            for j, uses in consumers.items():
+                reduces = [net.blocks[i].resample[k].reduce for i, k in uses]
+                if len(uses) < 2 or not all(_plain_1x1(r[0]) and isinstance(r[1], nn.Identity) for r in reduces):
+                    continue
+                acts = {_act_key(r[2] if len(r) > 2 else None) for r in reduces}
+                if len(acts) != 1:
+                    continue
+                convs = [r[0] for r in reduces]
+                fused = nn.Conv2d(convs[0].in_channels, sum(c.out_channels for c in convs), 1).eval()
+                fused.requires_grad_(False)
+                with torch.no_grad():
+                    fused.weight.copy_(torch.cat([c.weight for c in convs]))
+                    fused.bias.copy_(torch.cat([c.bias for c in convs]))
+                fused.to(device=convs[0].weight.device, dtype=convs[0].weight.dtype)
+                if convs[0].weight.is_contiguous(memory_format=torch.channels_last):
+                    fused.to(memory_format=torch.channels_last)
+                self.fused[str(j)] = fused
+                self._fused_plan[j] = tuple((i, k, c.out_channels) for (i, k), c in zip(uses, convs))
+                self._fused_act[j] = reduces[0][2] if len(reduces[0]) > 2 else nn.Identity()
+        log.info("SpineNetForInference: %d parents with one fused reduce conv (%d convs), project_first=%s",
+                 len(self.fused), sum(len(v) for v in self._fused_plan.values()), project_first)
+
+    def _produce(self, j: int, feat: torch.Tensor, reduced: dict[tuple[int, int], torch.Tensor]) -> None:
+        plan = self._fused_plan.get(j)
+        if plan is None:
+            return
+        y = self._fused_act[j](self.fused[str(j)](feat))
+        for (i, k, _), part in zip(plan, y.split([c for _, _, c in plan], dim=1)):
+            reduced[(i, k)] = part
+
+    def _resample(self, r: nn.Module, x: torch.Tensor, size: tuple[int, int], pre_reduced: bool):
+        """(tensor, upsample_pending): the resampled parent, or its projection still at the
+        parent's resolution when it is to be upsampled into the sum."""
+        from torchspine.layers.resample import ResampleWithAlpha, resize_nearest
+
+        if not isinstance(r, ResampleWithAlpha):
+            return r(x, size), False
+        if not pre_reduced:
+            x = r.reduce(x)
+        if r.downsample is not None:
+            x = r.downsample(x)
+        if self.project_first and r.in_level > r.target_level:
+            return r.project(x), True
+        if x.shape[-2:] != size:
+            x = resize_nearest(x, size)
+        return r.project(x), False
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        from torchspine.layers.resample import level_size, resize_nearest
+
+        if x.dim() != 4:
+            raise ValueError(f"SpineNet expects a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+        height, width = x.shape[-2], x.shape[-1]
+        feats = self.stem(x)
+        reduced: dict[tuple[int, int], torch.Tensor] = {}
+        for j, f in enumerate(feats):
+            self._produce(j, f, reduced)
+        for i, block in enumerate(self.blocks):
+            size = level_size(height, width, block.level)
+            parts = []
+            for k, (p, r) in enumerate(zip(block.parents, block.resample)):
+                pre = reduced.pop((i, k), None)
+                parts.append(self._resample(r, feats[p] if pre is None else pre, size, pre is not None))
+            parts.sort(key=lambda t: t[1])  # start the sum from a full-size tensor
+            base, pending = parts[0]
+            if pending:  # every parent is upsampled: materialise the first
+                base = resize_nearest(base, size)
+                if base is parts[0][0]:
+                    base = base.clone()
+            for y, up in parts[1:]:
+                if up:
+                    _upsample_add_(base, y)
+                else:
+                    base.add_(y)
+            for j in block.extras:
+                base.add_(feats[j])
+            out = block.group(block.merge_act(base))
+            feats.append(out)
+            self._produce(len(feats) - 1, out, reduced)
+        return feats
+
+    def forward(self, x: torch.Tensor) -> "dict[str, torch.Tensor]":
+        from collections import OrderedDict
+
+        feats = self.forward_features(x)
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        for lvl, idx in zip(self._levels, self._output_index):
+            out[f"p{lvl}"] = self.endpoints[f"p{lvl}"](feats[idx])
+        return out
+
+
+def rewrite_spinenets_(model: nn.Module, **options: Any) -> nn.Module | int:
+    """Replace every (BN-folded, eval-mode) SpineNet inside ``model`` by a
+    :class:`SpineNetForInference`; a bare SpineNet is returned rewritten. Returns the model."""
+    from torchspine.models.backbone import SpineNet
+
+    if isinstance(model, SpineNet):
+        return SpineNetForInference(model, **options)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SpineNet):
+                setattr(parent, name, SpineNetForInference(child, **options))
+    return model
+
+
 class FrozenCompiled(nn.Module):
     """``torch.compile`` of a module with Inductor *freezing* on while it compiles and runs.
 
@@ -148,6 +321,7 @@ def optimize_for_inference(
     compile: bool = False,
     compile_options: dict[str, Any] | None = None,
     freeze: bool = True,
+    rewrite: bool = False,
 ) -> nn.Module:
     """An equivalent eval-mode copy of ``model`` prepared for fast inference.
 
@@ -164,6 +338,8 @@ def optimize_for_inference(
         compile_options: extra keyword arguments for :func:`torch.compile`.
         freeze: with ``compile``, compile and run with Inductor freezing
             (:class:`FrozenCompiled`: pre-packed oneDNN weights, fused conv + act / add).
+        rewrite: replace SpineNets by :class:`SpineNetForInference` (one conv for the reduce
+            convs sharing a parent, projection before nearest upsampling); same function.
 
     Returns:
         A new module in eval mode with ``requires_grad`` off on every parameter.
@@ -178,6 +354,8 @@ def optimize_for_inference(
         out = out.to(dtype=dtype)
     if channels_last:
         out = out.to(memory_format=torch.channels_last)
+    if rewrite:
+        out = rewrite_spinenets_(out)
     if compile:
         opts: dict[str, Any] = {"dynamic": False}
         opts.update(compile_options or {})
