@@ -174,3 +174,8 @@ def test_int8_export_needs_a_calibration_folder(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     assert cli_main(base + ["--calibrate", str(tmp_path / "empty")]) == 2
     assert "no image files" in capsys.readouterr().err
+    # A detector is quantized without its post-processing (decode and NMS stay float32, outside).
+    det = ["export", "--model", "retinanet_spinenet49s", "--static", "--int8", "--calibrate", str(tmp_path),
+           "--out", str(tmp_path / "d.onnx")]
+    assert cli_main(det) == 2
+    assert "--no-postprocess" in capsys.readouterr().err

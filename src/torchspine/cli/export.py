@@ -82,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--int8 needs --calibrate DIR (a folder of representative images)")
     if args.calibrate and not args.int8:
         raise ValueError("--calibrate is for --int8 exports")
+    if args.int8 and not args.no_postprocess and "retinanet" in args.model:
+        raise ValueError("--int8 quantizes the network only: export the detector with --no-postprocess (raw head "
+                         "outputs; decode and NMS in float32 outside the graph). onnxruntime crashed on INT8 graphs "
+                         "with post-processing inside")
     if args.int8 and not os.path.isdir(args.calibrate):
         raise FileNotFoundError(f"--calibrate {args.calibrate}: no such folder")
     h, w = (args.size[0], args.size[0]) if len(args.size) == 1 else tuple(args.size)
