@@ -15,7 +15,8 @@ Latency, RetinaNet-SpineNet-49 at 640 (the paper's detector; random weights, whi
 the work of the dense part), batch 1, alternating one call of each, median of ``--reps``, with
 the process CPU time per call (``--threads 1``, default: robust on a shared machine) and wall time:
 
-* PyTorch end to end (``model([image])``, 480x640 image) fp32 vs bf16 (goal: bf16 <= 0.35x fp32);
+* PyTorch end to end (``model([image])``, 480x640 image) fp32 vs bf16 (goal: bf16 <= 0.35x fp32),
+  eager (``prepare_for_inference``) and compiled (``rewrite=True, compile=True, pad_to_square=True``);
 * the dense graph (backbone + head, ``postprocess=False``, 640x640) in onnxruntime fp32 vs INT8
   (goal: INT8 <= 0.5x), and the same two files in OpenVINO (``openvino`` package, optional).
 
@@ -159,6 +160,18 @@ def latency(args: argparse.Namespace) -> list[dict]:
     rows.append({"what": "PyTorch end to end, 480x640 image", "fp32_ms": t["fp32"], "lowp_ms": t["bf16"],
                  "lowp": "bf16", "goal": 0.35})
     print(f"  {rows[-1]}", flush=True)
+    if args.compile:  # compiled (Inductor, freezing) and rewritten, one shape: square padding
+        opts = dict(pad_to_square=True, rewrite=True, compile=True)
+        c32 = prepare_for_inference(det, **opts)
+        c16 = prepare_for_inference(det, dtype=torch.bfloat16, **opts)
+        with torch.inference_mode():
+            t = alternate({"fp32": lambda: c32([image]), "bf16": lambda: c16([image])}, args.reps)
+        rows.append({"what": "PyTorch end to end, 480x640 image, compiled + rewrite (pad to square)",
+                     "fp32_ms": t["fp32"], "lowp_ms": t["bf16"], "lowp": "bf16", "goal": 0.35})
+        print(f"  {rows[-1]}", flush=True)
+        del c32, c16
+    if args.skip_onnx:
+        return rows
 
     with tempfile.TemporaryDirectory() as tmp:
         f32 = os.path.join(tmp, "dense.onnx")
@@ -218,6 +231,9 @@ def main() -> int:
     ap.add_argument("--calib-methods", nargs="+", default=["minmax", "percentile"])
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-onnx", action="store_true", help="latency: PyTorch rows only")
+    ap.add_argument("--no-compile", dest="compile", action="store_false",
+                    help="latency: skip the compiled PyTorch rows")
     ap.add_argument("--json", dest="json_out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -462,7 +462,8 @@ class _FloatFeatures:
 
 
 def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_bn: bool = True,
-                          pad_to_square: bool = False, dtype: torch.dtype | None = None) -> nn.Module:
+                          pad_to_square: bool = False, dtype: torch.dtype | None = None,
+                          rewrite: bool = False, compile: bool = False) -> nn.Module:
     """An eval-mode copy prepared for fast CPU inference (BN folding, channels_last, no square pad).
 
     Uses :func:`torchspine.models.optimize.optimize_for_inference` for the backbone and heads,
@@ -477,6 +478,11 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_
     images: pre-processing, anchors, box decoding and NMS run in float32, the backbone and
     heads in ``dtype`` (:func:`_cast_detector_inputs_`). A bare backbone or classifier casts
     its input too.
+
+    ``rewrite`` replaces the SpineNet by :class:`SpineNetForInference` (same function, less
+    work). ``compile`` compiles a detector's backbone and head (or the whole model otherwise)
+    with :class:`FrozenCompiled` (Inductor, freezing); each new input shape compiles once, so
+    combine it with ``pad_to_square=True`` for one shape per image size.
     """
     from torchspine.models.detection.transform import DetectionTransform
 
@@ -490,10 +496,19 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_
         log.info("folded %d per-level head BNs", n)
     if channels_last:
         out = out.to(memory_format=torch.channels_last)
+    if rewrite:
+        out = rewrite_spinenets_(out)
+    detector = isinstance(getattr(out, "transform", None), nn.Module)
     if dtype is not None:
-        if isinstance(getattr(out, "transform", None), nn.Module):
+        if detector:
             hooked = _cast_detector_inputs_(out, dtype, channels_last)
             log.info("%s inputs cast to %s in %s", type(out).__name__, dtype, ", ".join(hooked))
         else:
             out.register_forward_pre_hook(CastInput(dtype, channels_last))
+    if compile:
+        if detector and isinstance(getattr(out, "head", None), nn.Module):
+            out.backbone = FrozenCompiled(out.backbone, dynamic=False)
+            out.head = FrozenCompiled(out.head, dynamic=False)
+        else:
+            out = FrozenCompiled(out, dynamic=False)
     return out
