@@ -225,3 +225,32 @@ def test_rewrite_inside_a_detector() -> None:
     with torch.inference_mode():
         out = opt.forward_dense(x.to(memory_format=torch.channels_last))
     assert _max_rel_err(out, ref) < 1e-4
+
+
+def test_prepare_for_inference_rewrite_same_detections() -> None:
+    from torchspine.models.optimize import SpineNetForInference, prepare_for_inference
+
+    model = _tiny_detector("retinanet_spinenet49s")
+    img = torch.rand(3, 100, 120, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        ref = prepare_for_inference(model)([img])[0]
+        prepared = prepare_for_inference(model, rewrite=True)
+        out = prepared([img])[0]
+    assert isinstance(prepared.backbone, SpineNetForInference)
+    # Same float32 function: the top scores agree to rounding (~1e-7 observed).
+    torch.testing.assert_close(out["scores"][:50], ref["scores"][:50], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["boxes"][:50], ref["boxes"][:50], atol=1e-3, rtol=0)  # pixels
+
+
+@pytest.mark.slow  # two Inductor compiles: about a minute on 2 busy cores
+def test_prepare_for_inference_compiled_bf16_detector() -> None:
+    from torchspine.models.optimize import prepare_for_inference
+
+    model = _tiny_detector("retinanet_spinenet49s")
+    img = torch.rand(3, 100, 120, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        ref = prepare_for_inference(model, pad_to_square=True)([img])[0]
+        out = prepare_for_inference(model, pad_to_square=True, dtype=torch.bfloat16, rewrite=True,
+                                    compile=True)([(img * 255).to(torch.uint8)])[0]
+    # bf16 logits near the prior (-4.6) are off by <= 2**-6, so scores by < 1e-3 (see the bf16 test above).
+    assert abs(out["scores"].max().item() - ref["scores"].max().item()) < 0.01
