@@ -146,7 +146,7 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
 
 def latency(args: argparse.Namespace) -> list[dict]:
     import torchspine
-    from torchspine.interop.onnx import ExportResult, calibration_inputs, export_onnx, quantize_onnx_int8
+    from torchspine.interop.onnx import calibration_inputs, export_onnx, quantize_onnx_int8
     from torchspine.models.optimize import prepare_for_inference
 
     torch.manual_seed(0)
