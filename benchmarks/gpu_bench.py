@@ -32,8 +32,13 @@ import traceback
 import torch
 
 
+DEVICE = "cuda"
+MODEL_KW: dict = {}  # --smoke: a tiny SpineNet, to check this script on a machine without a GPU
+
+
 def _sync() -> None:
-    torch.cuda.synchronize()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 def _time(fn, reps: int, warmup: int) -> float:
@@ -50,7 +55,7 @@ def _time(fn, reps: int, warmup: int) -> float:
 
 
 def _autocast(dtype: torch.dtype | None):
-    return torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    return torch.autocast(DEVICE, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def latency_rows(size: int, reps: int, compile_: bool) -> list[dict]:
@@ -58,8 +63,9 @@ def latency_rows(size: int, reps: int, compile_: bool) -> list[dict]:
     from torchspine.models.optimize import prepare_for_inference
 
     torch.manual_seed(0)
-    base = torchspine.create_model("retinanet_spinenet49", num_classes=91, image_size=size).eval().cuda()
-    image = torch.rand(3, size, size, device="cuda")
+    base = torchspine.create_model("retinanet_spinenet49", num_classes=91, image_size=size, **MODEL_KW).eval()
+    base = base.to(DEVICE)
+    image = torch.rand(3, size, size, device=DEVICE)
     with torch.no_grad():
         batch = base.transform([image])[0].tensors
     rows = []
@@ -106,21 +112,22 @@ def training_rows(size: int, batch: int, steps: int, warmup: int) -> list[dict]:
 
     torch.manual_seed(0)
     models = {
-        "retinanet_spinenet49": torchspine.create_model("retinanet_spinenet49", num_classes=91, image_size=size),
+        "retinanet_spinenet49": torchspine.create_model("retinanet_spinenet49", num_classes=91, image_size=size,
+                                                        **MODEL_KW),
         "retinanet_resnet50_fpn (torchvision)": retinanet_resnet50_fpn(weights=None, weights_backbone=None,
                                                                        num_classes=91, min_size=size, max_size=size),
     }
     g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, size, size, generator=g).cuda() for _ in range(batch)]
-    targets = [{"boxes": torch.tensor([[40.0, 60.0, 300.0, 380.0], [350.0, 100.0, 500.0, 250.0]]).cuda() * size / 640,
-                "labels": torch.tensor([1, 18]).cuda()} for _ in range(batch)]
+    images = [torch.rand(3, size, size, generator=g).to(DEVICE) for _ in range(batch)]
+    targets = [{"boxes": torch.tensor([[40.0, 60.0, 300.0, 380.0], [350.0, 100.0, 500.0, 250.0]]).to(DEVICE)
+                * size / 640, "labels": torch.tensor([1, 18]).to(DEVICE)} for _ in range(batch)]
     rows = []
     for amp in (None, torch.bfloat16):
         times: dict[str, list[float]] = {k: [] for k in models}
         peaks: dict[str, float] = {}
         opts = {}
         for k, m in models.items():
-            m.cuda().train()
+            m.to(DEVICE).train()
             opts[k] = torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9)
 
         def step(k: str) -> None:
@@ -132,11 +139,12 @@ def training_rows(size: int, batch: int, steps: int, warmup: int) -> list[dict]:
 
         try:
             for k in models:
-                torch.cuda.reset_peak_memory_stats()
+                if DEVICE == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
                 for _ in range(warmup):
                     step(k)
                 _sync()
-                peaks[k] = torch.cuda.max_memory_allocated() / 2**20
+                peaks[k] = torch.cuda.max_memory_allocated() / 2**20 if DEVICE == "cuda" else float("nan")
             for _ in range(steps):  # alternating: both models see the same GPU state
                 for k in models:
                     _sync()
@@ -165,13 +173,20 @@ def main() -> int:
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--no-training", dest="training", action="store_false")
     ap.add_argument("--json", dest="json_out", default=None)
+    ap.add_argument("--smoke", action="store_true",
+                    help="check the script on the CPU: tiny SpineNet, 128 px, no compile (numbers mean nothing)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    global DEVICE
+    if args.smoke:
+        DEVICE = "cpu"
+        MODEL_KW.update(filter_size_scale=0.25, endpoints_num_filters=32, head_num_filters=32)
+        args.size, args.reps, args.batch, args.steps, args.warmup_steps, args.compile = 128, 2, 2, 1, 1, False
+    elif not torch.cuda.is_available():
         print("gpu_bench: no CUDA device, skipped")
         return 0
-    name = torch.cuda.get_device_name()
-    print(f"device {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}",
-          flush=True)
+    name = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (smoke test)"
+    print(f"device {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+          f"cuDNN {torch.backends.cudnn.version() if DEVICE == 'cuda' else '-'}", flush=True)
     t0 = time.perf_counter()
     lat = latency_rows(args.size, args.reps, args.compile)
     train = training_rows(args.size, args.batch, args.steps, args.warmup_steps) if args.training else []
