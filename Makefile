@@ -27,7 +27,13 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Issue 13's goals, each ratio printed beside its target (docs/benchmarks.md). Goal 1 needs the
+# TF venv (TORCHSPINE_TF_PYTHON); goals 2-3 accuracy rows need the demo's model (make demo).
 bench: $(STAMP)
+	$(PY) benchmarks/bench_tf.py --threads 1
+	$(PY) benchmarks/bench_deploy.py --threads 1
+	$(PY) benchmarks/bench_onnx_sizes.py
+	$(PY) benchmarks/bench_training.py --threads 1 --size 512 --batch 2 --steps 2 --channels-last
 	$(PY) benchmarks/bench_backbone.py
 
 clean:

@@ -8,7 +8,9 @@ hits both alike; the median of the repetitions is reported. Settings, cumulative
   inference_mode  + torch.inference_mode
   channels_last   + channels_last weights and input
   fold_bn         + BN folded into the convs (torchspine.models.optimize)
+  rewrite         fold_bn + SpineNetForInference (SpineNet only; a no-op for the peer)
   compile         + torch.compile (Inductor, freezing: prepacked oneDNN weights, fused conv+act/add)
+  compile_rewrite compile + SpineNetForInference
   bf16            fold_bn settings in bfloat16 (eager)
   bf16_compile    compile settings in bfloat16
 
@@ -81,8 +83,11 @@ def settings(compile_: bool) -> list[Setting]:
         Setting("channels_last", lambda m: optimize_for_inference(m, fold_bn=False), channels_last=True),
         Setting("fold_bn", lambda m: optimize_for_inference(m), channels_last=True),
     ]
+    s.append(Setting("rewrite", lambda m: optimize_for_inference(m, rewrite=True), channels_last=True))
     if compile_:
         s.append(Setting("compile", lambda m: optimize_for_inference(m, compile=True),
+                         channels_last=True))
+        s.append(Setting("compile_rewrite", lambda m: optimize_for_inference(m, compile=True, rewrite=True),
                          channels_last=True))
     s.append(Setting("bf16", lambda m: optimize_for_inference(m, dtype=torch.bfloat16), channels_last=True,
                      dtype=torch.bfloat16))

@@ -5,6 +5,12 @@ Each model runs in its own subprocess so that peak memory (CUDA: max allocated; 
 RSS growth over the process's baseline after model construction) is its own.
 
     python benchmarks/bench_training.py --size 640 --batch 2 --steps 3 [--device cuda]
+        [--channels-last] [--amp bfloat16] [--threads 1]
+
+``--channels-last`` trains both models with channels_last weights and inputs (same math);
+``--amp bfloat16`` runs the forward under ``torch.autocast(dtype=torch.bfloat16)`` (both models).
+Besides wall time, ``cpu_s_per_step`` is the process CPU time per step (with ``--threads 1`` it
+is robust to load from other processes; the speed ratio is then computed from it).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def measure(name: str, size: int, batch: int, steps: int, warmup: int, device: str, threads: int | None) -> dict:
+def measure(name: str, size: int, batch: int, steps: int, warmup: int, device: str, threads: int | None,
+            channels_last: bool = False, amp: str | None = None) -> dict:
     import torch
 
     if threads:
@@ -37,20 +44,27 @@ def measure(name: str, size: int, batch: int, steps: int, warmup: int, device: s
         model = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, min_size=size,
                                        max_size=size)
     model.to(device).train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, size, size, generator=g).to(device) for _ in range(batch)]
+    import contextlib
+
+    autocast = (torch.autocast(torch.device(device).type, dtype=getattr(torch, amp)) if amp
+                else contextlib.nullcontext())
     targets = [{"boxes": torch.tensor([[40.0, 60.0, 300.0, 380.0], [350.0, 100.0, 500.0, 250.0]], device=device)
                 * size / 640, "labels": torch.tensor([1, 18], device=device)} for _ in range(batch)]
     base_rss = _peak_rss_mb()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu = [], []
     for i in range(warmup + steps):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        t = time.perf_counter()
-        loss = sum(model(images, targets).values())
+        t, c = time.perf_counter(), time.process_time()
+        with autocast:
+            loss = sum(model(images, targets).values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -58,9 +72,11 @@ def measure(name: str, size: int, batch: int, steps: int, warmup: int, device: s
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
             else _peak_rss_mb() - base_rss)
     return {"model": name, "img_per_s": batch * len(times) / sum(times), "sec_per_step": sum(times) / len(times),
+            "cpu_s_per_step": sum(cpu) / len(cpu),
             "peak_memory_mb": peak, "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 
 
@@ -72,10 +88,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--amp", choices=("bfloat16", "float16"), default=None)
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(measure(a.one, a.size, a.batch, a.steps, a.warmup, a.device, a.threads)))
+        print(json.dumps(measure(a.one, a.size, a.batch, a.steps, a.warmup, a.device, a.threads,
+                                 a.channels_last, a.amp)))
         return
     rows = []
     for name in ("retinanet_spinenet49", "retinanet_resnet50_fpn"):
@@ -84,15 +103,23 @@ def main() -> None:
                                                            ("warmup", a.warmup), ("device", a.device))]
         if a.threads:
             cmd.append(f"--threads={a.threads}")
+        if a.channels_last:
+            cmd.append("--channels-last")
+        if a.amp:
+            cmd.append(f"--amp={a.amp}")
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     ref = rows[1]
-    print(f"training step, {a.size}x{a.size}, batch {a.batch}, device {a.device}, {a.steps} timed steps")
-    print(f"{'model':24s} {'params M':>9s} {'img/s':>8s} {'s/step':>8s} {'peak MB':>9s} {'speed vs R50':>13s} "
-          f"{'mem vs R50':>11s}")
+    import os
+
+    print(f"training step, {a.size}x{a.size}, batch {a.batch}, device {a.device}, {a.steps} timed steps, "
+          f"channels_last {a.channels_last}, amp {a.amp}, load {os.getloadavg()}")
+    print(f"{'model':24s} {'params M':>9s} {'img/s':>8s} {'s/step':>8s} {'cpu s/step':>10s} {'peak MB':>9s} "
+          f"{'speed vs R50 (cpu)':>18s} {'mem vs R50':>11s}   (goal: speed >= 1.2, memory <= 1.0)")
     for r in rows:
         print(f"{r['model']:24s} {r['params_m']:9.2f} {r['img_per_s']:8.3f} {r['sec_per_step']:8.2f} "
-              f"{r['peak_memory_mb']:9.0f} {r['img_per_s'] / ref['img_per_s']:13.2f} "
+              f"{r['cpu_s_per_step']:10.2f} {r['peak_memory_mb']:9.0f} "
+              f"{ref['cpu_s_per_step'] / r['cpu_s_per_step']:18.2f} "
               f"{r['peak_memory_mb'] / max(ref['peak_memory_mb'], 1e-9):11.2f}")
 
 

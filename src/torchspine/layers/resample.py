@@ -30,11 +30,26 @@ __all__ = ["ResampleWithAlpha", "resize_nearest", "level_size"]
 def level_size(height: int, width: int, level: int) -> tuple[int, int]:
     """Spatial size of a level-``level`` feature map for an ``height x width`` input."""
     s = 2**level
-    return -(-height // s), -(-width // s)
+    # (h + s - 1) // s, not -(-h // s): the ONNX exporters turn a floor division of a negative
+    # symbolic size into a truncating one, which gave floor(W / s) instead of ceil(W / s).
+    return (height + s - 1) // s, (width + s - 1) // s
+
+
+def _exporting() -> bool:
+    """True while ``torch.export`` / the ONNX exporters trace the model (shapes may be symbolic)."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
 
 
 def resize_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize to ``size``; exact repeat when the factor is an integer."""
+    """Nearest-neighbour resize to ``size``; exact repeat when the factor is an integer.
+
+    While exporting, always a resize to the (possibly symbolic) ``size``, with no branch on the
+    input size, so that one exported graph serves every image size: for an integer factor the
+    nearest resize to ``size`` picks source index ``floor(i * h / th) = floor(i / f)``, the same
+    pixels as the repeat.
+    """
+    if _exporting():
+        return F.interpolate(x, size=(size[0], size[1]), mode="nearest")
     h, w = x.shape[-2:]
     if (h, w) == tuple(size):
         return x
@@ -51,13 +66,18 @@ class Resample(nn.Module):
     reduce: nn.Module | None
     downsample: nn.Module | None
     project: nn.Module
+    in_level: int
+    target_level: int
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if self.reduce is not None:
             x = self.reduce(x)
         if self.downsample is not None:
             x = self.downsample(x)
-        if x.shape[-2:] != size:
+        # While exporting, every level change resizes to the symbolic target size, so the graph
+        # stays right at sizes whose parity differs from the example input's.
+        if self.in_level > self.target_level or (_exporting() and self.in_level != self.target_level) \
+                or x.shape[-2:] != size:
             x = resize_nearest(x, size)
         return self.project(x)
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["FrozenCompiled", "fold_batch_norms_", "optimize_for_inference", "prepare_for_inference"]
+__all__ = ["CastInput", "FrozenCompiled", "SpineNetForInference", "rewrite_spinenets_", "fold_batch_norms_", "optimize_for_inference", "prepare_for_inference"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,179 @@ def fold_batch_norms_(model: nn.Module) -> int:
     return count
 
 
+def _plain_1x1(conv: nn.Module) -> bool:
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.groups == 1 and conv.dilation == (1, 1) and conv.bias is not None and not conv.weight.is_meta)
+
+
+def _act_key(m: nn.Module | None) -> tuple:
+    """Activation identity for fusing: the same type (and settings) computes the same function."""
+    if m is None or isinstance(m, nn.Identity):
+        return ("identity",)
+    return (type(m).__name__, getattr(m, "negative_slope", None))
+
+
+def _upsample_add_(base: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``base += nearest_upsample(y)`` without materialising the upsampled tensor, when
+    ``base``'s size is an integer multiple of ``y``'s in both dimensions (the same factor);
+    otherwise the plain resize and add. In place on ``base``; returns it."""
+    from torchspine.layers.resample import resize_nearest
+
+    n, c, hh, ww = base.shape
+    h, w = y.shape[-2:]
+    if hh % h == 0 and ww % w == 0 and hh // h == ww // w:
+        f = hh // h
+        base.view(n, c, h, f, w, f).add_(y[:, :, :, None, :, None])
+        return base
+    return base.add_(resize_nearest(y, (hh, ww)))
+
+
+class SpineNetForInference(nn.Module):
+    """A SpineNet rewritten for inference, computing the same function (up to float rounding).
+
+    Built by :func:`optimize_for_inference` (``rewrite=True``) from an eval-mode SpineNet whose
+    BNs are folded; it shares the original's modules (stem, blocks, endpoints). Two rewrites:
+
+    * **one conv for the reduce convs that read the same parent.** Every resampling of a parent
+      starts with a 1x1 conv + act (paper section 3.2, the ``alpha`` reduction); a parent read
+      by several later blocks runs one 1x1 conv with the concatenated weights, once, when it is
+      produced, and each consumer takes its slice of the channels.
+    * **project before nearest upsampling.** The 1x1 projection conv + BN (no activation) is a
+      per-pixel linear map and nearest upsampling repeats pixels, so they commute: projecting at
+      the parent's resolution costs ``4**k`` times fewer multiply-adds for an upsampling by
+      ``2**k``. The upsampled projection is added into the merge sum through a broadcasting
+      view, never materialised (the resize fallback covers sizes that do not divide).
+
+    The merge sum then starts from a parent that is not upsampled (when there is one), so the
+    additions happen in a different order than in :class:`~torchspine.models.backbone.SpineNet`:
+    results differ by float rounding only.
+    """
+
+    size_divisibility = 1
+
+    def __init__(self, net: nn.Module, *, fuse_reduce: bool = True, project_first: bool = True) -> None:
+        from torchspine.layers.resample import ResampleWithAlpha
+
+        super().__init__()
+        self.stem, self.blocks, self.endpoints = net.stem, net.blocks, net.endpoints
+        for name in ("spec", "out_channels", "strides", "feature_info", "feature_infos", "_levels", "_output_index"):
+            setattr(self, name, getattr(net, name))
+        self.project_first = project_first
+        # consumers[j]: (block index, parent slot) of every alpha resampling that reads feature j
+        consumers: dict[int, list[tuple[int, int]]] = {}
+        for i, block in enumerate(net.blocks):
+            for k, (p, r) in enumerate(zip(block.parents, block.resample)):
+                if isinstance(r, ResampleWithAlpha):
+                    consumers.setdefault(p, []).append((i, k))
+        self.fused = nn.ModuleDict()
+        self._fused_plan: dict[int, tuple[tuple[int, int, int], ...]] = {}
+        self._fused_act: dict[int, nn.Module] = {}
+        if fuse_reduce:
+            for j, uses in consumers.items():
+                reduces = [net.blocks[i].resample[k].reduce for i, k in uses]
+                if len(uses) < 2 or not all(_plain_1x1(r[0]) and isinstance(r[1], nn.Identity) for r in reduces):
+                    continue
+                acts = {_act_key(r[2] if len(r) > 2 else None) for r in reduces}
+                if len(acts) != 1:
+                    continue
+                convs = [r[0] for r in reduces]
+                fused = nn.Conv2d(convs[0].in_channels, sum(c.out_channels for c in convs), 1).eval()
+                fused.requires_grad_(False)
+                with torch.no_grad():
+                    fused.weight.copy_(torch.cat([c.weight for c in convs]))
+                    fused.bias.copy_(torch.cat([c.bias for c in convs]))
+                fused.to(device=convs[0].weight.device, dtype=convs[0].weight.dtype)
+                if convs[0].weight.is_contiguous(memory_format=torch.channels_last):
+                    fused.to(memory_format=torch.channels_last)
+                self.fused[str(j)] = fused
+                self._fused_plan[j] = tuple((i, k, c.out_channels) for (i, k), c in zip(uses, convs))
+                self._fused_act[j] = reduces[0][2] if len(reduces[0]) > 2 else nn.Identity()
+        log.info("SpineNetForInference: %d parents with one fused reduce conv (%d convs), project_first=%s",
+                 len(self.fused), sum(len(v) for v in self._fused_plan.values()), project_first)
+
+    def _produce(self, j: int, feat: torch.Tensor, reduced: dict[tuple[int, int], torch.Tensor]) -> None:
+        plan = self._fused_plan.get(j)
+        if plan is None:
+            return
+        y = self._fused_act[j](self.fused[str(j)](feat))
+        for (i, k, _), part in zip(plan, y.split([c for _, _, c in plan], dim=1)):
+            reduced[(i, k)] = part
+
+    def _resample(self, r: nn.Module, x: torch.Tensor, size: tuple[int, int], pre_reduced: bool):
+        """(tensor, upsample_pending): the resampled parent, or its projection still at the
+        parent's resolution when it is to be upsampled into the sum."""
+        from torchspine.layers.resample import ResampleWithAlpha, resize_nearest
+
+        if not isinstance(r, ResampleWithAlpha):
+            return r(x, size), False
+        if not pre_reduced:
+            x = r.reduce(x)
+        if r.downsample is not None:
+            x = r.downsample(x)
+        if self.project_first and r.in_level > r.target_level:
+            return r.project(x), True
+        if x.shape[-2:] != size:
+            x = resize_nearest(x, size)
+        return r.project(x), False
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        from torchspine.layers.resample import level_size, resize_nearest
+
+        if x.dim() != 4:
+            raise ValueError(f"SpineNet expects a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+        height, width = x.shape[-2], x.shape[-1]
+        feats = self.stem(x)
+        reduced: dict[tuple[int, int], torch.Tensor] = {}
+        for j, f in enumerate(feats):
+            self._produce(j, f, reduced)
+        for i, block in enumerate(self.blocks):
+            size = level_size(height, width, block.level)
+            parts = []
+            for k, (p, r) in enumerate(zip(block.parents, block.resample)):
+                pre = reduced.pop((i, k), None)
+                parts.append(self._resample(r, feats[p] if pre is None else pre, size, pre is not None))
+            parts.sort(key=lambda t: t[1])  # start the sum from a full-size tensor
+            base, pending = parts[0]
+            if pending:  # every parent is upsampled: materialise the first
+                base = resize_nearest(base, size)
+                if base is parts[0][0]:
+                    base = base.clone()
+            for y, up in parts[1:]:
+                if up:
+                    _upsample_add_(base, y)
+                else:
+                    base.add_(y)
+            for j in block.extras:
+                base.add_(feats[j])
+            out = block.group(block.merge_act(base))
+            feats.append(out)
+            self._produce(len(feats) - 1, out, reduced)
+        return feats
+
+    def forward(self, x: torch.Tensor) -> "dict[str, torch.Tensor]":
+        from collections import OrderedDict
+
+        feats = self.forward_features(x)
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        for lvl, idx in zip(self._levels, self._output_index):
+            out[f"p{lvl}"] = self.endpoints[f"p{lvl}"](feats[idx])
+        return out
+
+
+def rewrite_spinenets_(model: nn.Module, **options: Any) -> nn.Module | int:
+    """Replace every (BN-folded, eval-mode) SpineNet inside ``model`` by a
+    :class:`SpineNetForInference`; a bare SpineNet is returned rewritten. Returns the model."""
+    from torchspine.models.backbone import SpineNet
+
+    if isinstance(model, SpineNet):
+        return SpineNetForInference(model, **options)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SpineNet):
+                setattr(parent, name, SpineNetForInference(child, **options))
+    return model
+
+
 class FrozenCompiled(nn.Module):
     """``torch.compile`` of a module with Inductor *freezing* on while it compiles and runs.
 
@@ -148,6 +321,7 @@ def optimize_for_inference(
     compile: bool = False,
     compile_options: dict[str, Any] | None = None,
     freeze: bool = True,
+    rewrite: bool = False,
 ) -> nn.Module:
     """An equivalent eval-mode copy of ``model`` prepared for fast inference.
 
@@ -164,6 +338,8 @@ def optimize_for_inference(
         compile_options: extra keyword arguments for :func:`torch.compile`.
         freeze: with ``compile``, compile and run with Inductor freezing
             (:class:`FrozenCompiled`: pre-packed oneDNN weights, fused conv + act / add).
+        rewrite: replace SpineNets by :class:`SpineNetForInference` (one conv for the reduce
+            convs sharing a parent, projection before nearest upsampling); same function.
 
     Returns:
         A new module in eval mode with ``requires_grad`` off on every parameter.
@@ -178,6 +354,8 @@ def optimize_for_inference(
         out = out.to(dtype=dtype)
     if channels_last:
         out = out.to(memory_format=torch.channels_last)
+    if rewrite:
+        out = rewrite_spinenets_(out)
     if compile:
         opts: dict[str, Any] = {"dynamic": False}
         opts.update(compile_options or {})
@@ -194,8 +372,98 @@ def _fold_head_norms_(model: nn.Module) -> int:
     return count
 
 
+class CastInput:
+    """A forward pre-hook that casts a module's first (tensor) argument to ``dtype`` and,
+    optionally, to channels_last: lets a lower-precision network take float32 or uint8 images.
+
+    A class rather than a closure so that the prepared model can be deep-copied and pickled.
+    """
+
+    def __init__(self, dtype: torch.dtype, channels_last: bool = False) -> None:
+        self.dtype = dtype
+        self.channels_last = channels_last
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        if not args or not isinstance(args[0], torch.Tensor):
+            return args
+        x = args[0]
+        fmt = torch.channels_last if self.channels_last and x.dim() == 4 else torch.preserve_format
+        if not x.is_floating_point():  # uint8 images: [0, 255] -> [0, 1], as DetectionTransform does
+            x = x.float() / float(torch.iinfo(x.dtype).max) if x.dtype != torch.bool else x.float()
+        return (x.to(dtype=self.dtype, memory_format=fmt), *args[1:])
+
+
+def _cast_detector_inputs_(model: nn.Module, dtype: torch.dtype, channels_last: bool) -> list[str]:
+    """Make a detector whose parameters are in ``dtype`` accept ordinary (float32 / uint8) images.
+
+    The transform (resize, normalise, pad) and the anchors, box decoding and NMS stay in float32
+    (box coordinates in bfloat16 would be quantised to 2-4 px at 640 px); the backbone casts
+    its input (the normalised batch) to ``dtype``, so the backbone and the heads run in it. Head
+    outputs (logits, box deltas) are cast back to float32 by the post-processing
+    (``SpineNetRetinaNet.postprocess_detections``; torchvision's ``BoxCoder.decode`` casts the
+    deltas to the anchors' dtype). For a Mask R-CNN, RoIAlign runs on float32 copies of the
+    features (its kernel needs the boxes' dtype) and the box / mask heads cast their inputs back.
+    Returns the names of the hooked modules.
+    """
+    hooked = []
+    backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, nn.Module):
+        backbone.register_forward_pre_hook(CastInput(dtype, channels_last))
+        hooked.append("backbone")
+    roi_heads = getattr(model, "roi_heads", None)
+    if isinstance(roi_heads, nn.Module):
+        for name in ("box_roi_pool", "mask_roi_pool"):
+            pool = getattr(roi_heads, name, None)
+            if isinstance(pool, nn.Module):
+                pool.register_forward_pre_hook(_FloatFeatures())
+                hooked.append(f"roi_heads.{name}")
+        for name in ("box_head", "mask_head"):
+            head = getattr(roi_heads, name, None)
+            if isinstance(head, nn.Module):
+                head.register_forward_pre_hook(CastInput(dtype, channels_last))
+                hooked.append(f"roi_heads.{name}")
+        for name in ("box_predictor", "mask_predictor"):
+            head = getattr(roi_heads, name, None)
+            if isinstance(head, nn.Module):
+                head.register_forward_hook(_FloatOutputs())
+                hooked.append(f"roi_heads.{name}")
+    rpn_head = getattr(getattr(model, "rpn", None), "head", None)
+    if isinstance(rpn_head, nn.Module):  # proposals: scores and NMS in float32 (no bfloat16 NMS kernel)
+        rpn_head.register_forward_hook(_FloatOutputs())
+        hooked.append("rpn.head")
+    return hooked
+
+
+def _to_float(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_float(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _to_float(v) for k, v in x.items()}
+    return x
+
+
+class _FloatOutputs:
+    """Forward hook: floating-point outputs (tensors, or lists / tuples / dicts of them) to float32."""
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        return _to_float(output)
+
+
+class _FloatFeatures:
+    """Pre-hook for torchvision's ``MultiScaleRoIAlign``: float32 features (the boxes stay float32)."""
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        feats = args[0]
+        if isinstance(feats, dict):
+            feats = {k: v.float() for k, v in feats.items()}
+        return (feats, *args[1:])
+
+
 def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_bn: bool = True,
-                          pad_to_square: bool = False, dtype: torch.dtype | None = None) -> nn.Module:
+                          pad_to_square: bool = False, dtype: torch.dtype | None = None,
+                          rewrite: bool = False, compile: bool = False) -> nn.Module:
     """An eval-mode copy prepared for fast CPU inference (BN folding, channels_last, no square pad).
 
     Uses :func:`torchspine.models.optimize.optimize_for_inference` for the backbone and heads,
@@ -205,9 +473,18 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_
     is for static-shape training batches; a 480x640 image then costs 480x640, not 640x640).
     Detections can differ slightly near the bottom / right edge, whose receptive fields
     covered padding.
+
+    With ``dtype`` (e.g. ``torch.bfloat16``), a detector still takes ordinary float32 or uint8
+    images: pre-processing, anchors, box decoding and NMS run in float32, the backbone and
+    heads in ``dtype`` (:func:`_cast_detector_inputs_`). A bare backbone or classifier casts
+    its input too.
+
+    ``rewrite`` replaces the SpineNet by :class:`SpineNetForInference` (same function, less
+    work). ``compile`` compiles a detector's backbone and head (or the whole model otherwise)
+    with :class:`FrozenCompiled` (Inductor, freezing); each new input shape compiles once, so
+    combine it with ``pad_to_square=True`` for one shape per image size.
     """
     from torchspine.models.detection.transform import DetectionTransform
-    from torchspine.models.optimize import optimize_for_inference
 
     out = optimize_for_inference(model, channels_last=False, fold_bn=fold_bn, dtype=dtype)
     transform = getattr(out, "transform", None)
@@ -219,4 +496,19 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, fold_
         log.info("folded %d per-level head BNs", n)
     if channels_last:
         out = out.to(memory_format=torch.channels_last)
+    if rewrite:
+        out = rewrite_spinenets_(out)
+    detector = isinstance(getattr(out, "transform", None), nn.Module)
+    if dtype is not None:
+        if detector:
+            hooked = _cast_detector_inputs_(out, dtype, channels_last)
+            log.info("%s inputs cast to %s in %s", type(out).__name__, dtype, ", ".join(hooked))
+        else:
+            out.register_forward_pre_hook(CastInput(dtype, channels_last))
+    if compile:
+        if detector and isinstance(getattr(out, "head", None), nn.Module):
+            out.backbone = FrozenCompiled(out.backbone, dynamic=False)
+            out.head = FrozenCompiled(out.head, dynamic=False)
+        else:
+            out = FrozenCompiled(out, dynamic=False)
     return out
