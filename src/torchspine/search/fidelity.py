@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AshaStopper", "FidelitySchedule"]
+__all__ = ["ASHA_RULES", "AshaStopper", "FidelitySchedule"]
+
+ASHA_RULES = ("quantile", "quota")
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,19 @@ class FidelitySchedule:
             them (``None``, ASHA's rule). A strategy that improves (evolution, the controller)
             proposes better trials than the early ones a rung remembers, so with all of them
             nearly every later trial passes; a window keeps the cut at ``1/eta`` of recent trials.
+        rule: ``"quantile"``: go on when the reward is at least the ``1 - 1/eta`` quantile of the
+            rung's recorded rewards (Ray Tune's stopping rule). ``"quota"``: ASHA's promotion
+            rule taken once, on arrival: with ``n`` trials at the rung (this one included), go
+            on only if it is among the ``floor(n/eta)`` best of them and fewer than
+            ``floor(n/eta)`` have gone on so far, so at most ``1/eta`` of the trials that reach a
+            rung ever pass it, however much the strategy improves.
     """
 
     min_steps: int
     max_steps: int
     reduction_factor: float = 3.0
     window: int | None = None
+    rule: str = "quantile"
 
     def validate(self) -> FidelitySchedule:
         for name in ("min_steps", "max_steps"):
@@ -57,6 +66,8 @@ class FidelitySchedule:
                              f"max_steps={self.max_steps} (otherwise no trial can stop early)")
         if not (math.isfinite(self.reduction_factor) and self.reduction_factor > 1):
             raise ValueError(f"fidelity schedule: reduction_factor must be > 1, got {self.reduction_factor!r}")
+        if self.rule not in ASHA_RULES:
+            raise ValueError(f"fidelity schedule: rule must be one of {ASHA_RULES}, got {self.rule!r}")
         if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
             raise ValueError(f"fidelity schedule: window must be a positive integer or None, got {self.window!r}")
         return self
@@ -89,6 +100,7 @@ class AshaStopper:
     def __init__(self, schedule: FidelitySchedule) -> None:
         self.schedule = schedule.validate()
         self.recorded: list[dict[int, float]] = [{} for _ in schedule.rungs[:-1]]
+        self.went_on: list[set[int]] = [set() for _ in schedule.rungs[:-1]]
 
     def cutoff(self, rung: int) -> float | None:
         """The ``1 - 1/eta`` quantile (linear interpolation) of the rewards recorded at ``rung``."""
@@ -105,11 +117,25 @@ class AshaStopper:
                              f"rungs {self.schedule.rungs}")
         if trial_id in self.recorded[rung]:
             raise ValueError(f"ASHA: trial {trial_id} was already decided at rung {rung}")
-        cut = self.cutoff(rung)
-        go_on = cut is None or reward >= cut
-        self.recorded[rung][trial_id] = float(reward)
+        if self.schedule.rule == "quota":
+            values = list(self.recorded[rung].values())
+            if self.schedule.window is not None:
+                values = values[-(self.schedule.window - 1):] if self.schedule.window > 1 else []
+            quota = int((len(values) + 1) / self.schedule.reduction_factor + 1e-9)
+            better = sum(v > reward for v in values)
+            go_on = better < quota and len(self.went_on[rung]) < self._quota_total(rung)
+        else:
+            cut = self.cutoff(rung)
+            go_on = cut is None or reward >= cut
+        self.record(trial_id, rung, reward, go_on)
         return go_on
 
-    def record(self, trial_id: int, rung: int, reward: float) -> None:
-        """Replay a decision read back from the journal (resume)."""
+    def _quota_total(self, rung: int) -> int:
+        """``floor(n/eta)`` over every trial decided at ``rung`` so far plus the one being decided."""
+        return int((len(self.recorded[rung]) + 1) / self.schedule.reduction_factor + 1e-9)
+
+    def record(self, trial_id: int, rung: int, reward: float, went_on: bool = False) -> None:
+        """Record a decision (also: replay one read back from the journal on resume)."""
         self.recorded[rung][trial_id] = float(reward)
+        if went_on:
+            self.went_on[rung].add(trial_id)
