@@ -231,8 +231,6 @@ def main() -> None:
     ap.add_argument("--tell", choices=("rung", "full", "both"), default="rung",
                     help="setting C: what strategies are told of early-stopped trials")
     ap.add_argument("--window", type=int, default=None, help="setting C: ASHA rung window (default: all)")
-    ap.add_argument("--evo-selection", choices=("fidelity", "reward"), default="fidelity",
-                    help="evolution's tournament: highest fidelity first, then reward (default), or the reward alone")
     ap.add_argument("--first-seed", type=int, default=0, help="setting C: seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--rule", choices=("quantile", "quota"), default="quantile", help="setting C: ASHA's rule")
     ap.add_argument("--only", choices=("A", "B", "C", "D"), default=None, help="run one setting")
@@ -240,7 +238,6 @@ def main() -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.ERROR)
     STRATEGY_OPTIONS["rl"].update(learning_rate=args.rl_lr, entropy_weight=args.rl_entropy)
-    STRATEGY_OPTIONS["evolution"].update(selection=args.evo_selection)
     if args.only == "C":
         tells = {"rung": (True,), "full": (False,), "both": (True, False)}[args.tell]
         asha_table(args.strategies.split(","), seeds=args.seeds, budget=args.budget_c, tells=tells, window=args.window,

@@ -155,7 +155,7 @@ class ControllerStrategy(Strategy):
         with _single_thread():
             return self.controller.sample(self.generator)
 
-    def _learn(self, trial_id: int, decisions: tuple[int, ...], reward: float, fidelity: float) -> None:
+    def _learn(self, trial_id: int, decisions: tuple[int, ...], reward: float) -> None:
         with _single_thread():
             self._reinforce(decisions, reward)
 

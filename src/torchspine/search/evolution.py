@@ -20,9 +20,7 @@ from typing import Any
 from torchspine.search.space import SearchSpace
 from torchspine.search.strategy import Strategy
 
-__all__ = ["SELECTIONS", "RegularizedEvolution", "mutate"]
-
-SELECTIONS = ("fidelity", "reward")
+__all__ = ["RegularizedEvolution", "mutate"]
 
 _GROUPS = {
     "perm_intermediate": "ordering", "perm_output": "ordering",
@@ -81,49 +79,36 @@ class RegularizedEvolution(Strategy):
     name = "evolution"
 
     def __init__(self, space: SearchSpace, *, seed: int = 0, population_size: int = 20,
-                 sample_size: int = 5, selection: str = "fidelity") -> None:
+                 sample_size: int = 5) -> None:
         if population_size < 2 or not 1 <= sample_size <= population_size:
             raise ValueError(f"evolution: need population_size >= 2 and 1 <= sample_size <= population_size, "
                              f"got population_size={population_size}, sample_size={sample_size}")
-        if selection not in SELECTIONS:
-            raise ValueError(f"evolution: selection must be one of {SELECTIONS}, got {selection!r}")
         super().__init__(space, seed=seed)
         self.population_size = population_size
         self.sample_size = sample_size
-        self.selection = selection
         self.population: deque[tuple[tuple[int, ...], float]] = deque()
-        self.fidelities: deque[float] = deque()  # aligned with population
         self.num_results = 0
 
     def _propose(self) -> list[int]:
         if self.num_results < self.population_size:
             return self.space.sample(self.rng)
-        picks = [self.rng.randrange(len(self.population)) for _ in range(self.sample_size)]
-        if self.selection == "fidelity":
-            key = lambda i: (self.fidelities[i], self.population[i][1])  # noqa: E731
-        else:
-            key = lambda i: self.population[i][1]  # noqa: E731
-        parent = self.population[max(picks, key=key)]
+        contestants = [self.rng.choice(self.population) for _ in range(self.sample_size)]
+        parent = max(contestants, key=lambda ind: ind[1])
         return mutate(self.space, parent[0], self.rng)
 
-    def _learn(self, trial_id: int, decisions: tuple[int, ...], reward: float, fidelity: float) -> None:
+    def _learn(self, trial_id: int, decisions: tuple[int, ...], reward: float) -> None:
         self.population.append((decisions, reward))
-        self.fidelities.append(fidelity)
         self.num_results += 1
         while len(self.population) > self.population_size:
             self.population.popleft()
-            self.fidelities.popleft()
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "population_size": self.population_size, "sample_size": self.sample_size,
-                "selection": self.selection, "population": [[list(d), r] for d, r in self.population],
-                "fidelities": list(self.fidelities), "num_results": self.num_results}
+                "population": [[list(d), r] for d, r in self.population], "num_results": self.num_results}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.population_size = int(state["population_size"])
         self.sample_size = int(state["sample_size"])
-        self.selection = str(state.get("selection", "reward"))
         self.population = deque((tuple(int(x) for x in d), float(r)) for d, r in state["population"])
-        self.fidelities = deque(float(f) for f in state.get("fidelities", [1.0] * len(self.population)))
         self.num_results = int(state["num_results"])

@@ -281,8 +281,7 @@ class _Driver:
         # Results journaled after the last saved strategy state.
         for tid in sorted(self.strategy.pending):
             if tid in self.records:
-                self.strategy.tell(tid, self._tell_value(self.records[tid]),
-                                   fidelity=self._tell_fidelity(self.records[tid]))
+                self.strategy.tell(tid, self._tell_value(self.records[tid]))
         save_strategy(self.strategy, self.state_path)
         rung_events = [e for e in events if e["event"] == "rung"]
         if self.stopper is not None:
@@ -374,17 +373,11 @@ class _Driver:
             return rec.reward
         return None
 
-    def _tell_fidelity(self, rec: TrialRecord) -> float:
-        """The share of the full budget behind the told reward: a stopped trial's last rung / max_steps."""
-        if self.config.fidelity is None or rec.status != "stopped" or rec.steps is None:
-            return 1.0
-        return min(1.0, float(rec.steps) / self.config.fidelity.max_steps)
-
     def _finish(self, p: Proposal, status: str, reward: float | None, metrics: dict[str, Any], error: str | None,
                 start: float, end: float) -> None:
         rec = self.journal.finish(p.trial_id, status=status, reward=reward, genome=p.spec.to_genome(),
                                   decisions=p.decisions, start_time=start, end_time=end, metrics=metrics, error=error)
-        self.strategy.tell(p.trial_id, self._tell_value(rec), fidelity=self._tell_fidelity(rec))
+        self.strategy.tell(p.trial_id, self._tell_value(rec))
         save_strategy(self.strategy, self.state_path)
         self.records[p.trial_id] = rec
         self.active.discard(p.trial_id)

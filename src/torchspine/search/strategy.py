@@ -1,10 +1,8 @@
 """The ask/tell interface shared by every search strategy.
 
 ``ask()`` proposes an architecture (a decision list of a :class:`SearchSpace` and its spec)
-under a new trial id; ``tell(trial_id, reward, fidelity=...)`` reports its reward (``None`` or
-NaN for a failed trial, which the strategy skips) and the share of the full training budget it
-was measured after (1.0 for a full trial; less for a trial that early stopping ended at a rung,
-whose reward is biased low and noisier). Several asks may be outstanding at once (parallel
+under a new trial id; ``tell(trial_id, reward)`` reports its reward (``None`` or NaN for a
+failed trial, which the strategy skips). Several asks may be outstanding at once (parallel
 trials), and tells may come in any order.
 
 ``state_dict()`` / ``load_state_dict()`` capture everything (random state, learned
@@ -70,23 +68,20 @@ class Strategy(ABC):
         decisions = self.pending[trial_id]
         return Proposal(trial_id, decisions, self.space.decode(decisions, name=f"trial{trial_id}"))
 
-    def tell(self, trial_id: int, reward: float | None, *, fidelity: float = 1.0) -> None:
+    def tell(self, trial_id: int, reward: float | None) -> None:
         if trial_id not in self.pending:
             raise ValueError(f"{self.name}: trial {trial_id} is not outstanding (pending: {sorted(self.pending)})")
-        if not (isinstance(fidelity, (int, float)) and 0.0 < fidelity <= 1.0):
-            raise ValueError(f"{self.name}: trial {trial_id}: fidelity must be in (0, 1] (the share of the full "
-                             f"training budget behind the reward), got {fidelity!r}")
         decisions = self.pending.pop(trial_id)
         self.num_told += 1
         if not is_failed(reward):
-            self._learn(trial_id, decisions, float(reward), float(fidelity))
+            self._learn(trial_id, decisions, float(reward))
 
     @abstractmethod
     def _propose(self) -> list[int]:
         """A new decision list."""
 
-    def _learn(self, trial_id: int, decisions: tuple[int, ...], reward: float, fidelity: float) -> None:
-        """Use one finished trial's reward, measured at ``fidelity`` (default: nothing to learn)."""
+    def _learn(self, trial_id: int, decisions: tuple[int, ...], reward: float) -> None:
+        """Use one finished trial's reward (default: nothing to learn)."""
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
