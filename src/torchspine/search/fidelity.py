@@ -87,7 +87,10 @@ class FidelitySchedule:
         return (*out, self.max_steps)
 
     def describe(self) -> dict[str, Any]:
-        return {**asdict(self), "rungs": list(self.rungs)}
+        out = {**asdict(self), "rungs": list(self.rungs)}
+        if self.rule == "quantile":  # journals written before the rule existed resume unchanged
+            del out["rule"]
+        return out
 
 
 class AshaStopper:
