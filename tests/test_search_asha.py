@@ -345,8 +345,8 @@ def test_search_command_chooses_the_rule(tmp_path, capsys):
 
     for strategy, rule in (("evolution", "quota"), ("random", "quantile")):
         out = tmp_path / strategy
-        # 30 trials: under the quota a trial reaches the full budget after about 3^3 proposals.
-        assert main(["search", "--strategy", strategy, "--trials", "30", "--reward", "surrogate-noisy", "--steps", "270",
+        # 90 trials: run one at a time, under the quota a trial reaches the full budget about once in 3^3.
+        assert main(["search", "--strategy", strategy, "--trials", "90", "--reward", "surrogate-noisy", "--steps", "270",
                      "--asha", "--grace-steps", "10", "--local", "--out", str(out)]) == 0
         assert Journal(out / "journal.jsonl").config()["fidelity"].get("rule", "quantile") == rule
     capsys.readouterr()
