@@ -281,6 +281,12 @@ def test_quota_rule_by_hand():
     # n=9: quota 3, 13.0 is the best: goes on.
     assert decisions == [False, False, False, True, False, True, False, False, True]
     assert st.went_on[0] == {3, 5, 8}
+    # A window limits the ranking to the last `window` rewards (this one included): 1.0 at n=4 ranks
+    # first among (1, 1, 1) and goes on; ranked among all four it is behind 5.0.
+    w = AshaStopper(FidelitySchedule(1, 10, 3, window=3, rule="quota"))
+    assert [w.decide(t, 0, r) for t, r in enumerate([5.0, 1.0, 1.0, 1.0])] == [False, False, False, True]
+    a = AshaStopper(FidelitySchedule(1, 10, 3, rule="quota"))
+    assert [a.decide(t, 0, r) for t, r in enumerate([5.0, 1.0, 1.0, 1.0])] == [False, False, False, False]
     # The quantile rule (Ray Tune's) on the same rewards lets every new best through.
     q = AshaStopper(FidelitySchedule(1, 10, 3))
     assert [q.decide(t, 0, r) for t, r in enumerate([5.0, 1.0, 3.0, 9.0, 8.0, 10.0, 11.0, 12.0, 13.0])] == \
@@ -346,8 +352,8 @@ def test_search_command_chooses_the_rule(tmp_path, capsys):
     for strategy, rule in (("evolution", "quota"), ("random", "quantile")):
         out = tmp_path / strategy
         # 90 trials: run one at a time, under the quota a trial reaches the full budget about once in 3^3.
-        assert main(["search", "--strategy", strategy, "--trials", "90", "--reward", "surrogate-noisy", "--steps", "270",
-                     "--asha", "--grace-steps", "10", "--local", "--out", str(out)]) == 0
+        assert main(["search", "--strategy", strategy, "--trials", "90", "--reward", "surrogate-noisy",
+                     "--steps", "270", "--asha", "--grace-steps", "10", "--local", "--out", str(out)]) == 0
         assert Journal(out / "journal.jsonl").config()["fidelity"].get("rule", "quantile") == rule
     capsys.readouterr()
     assert main(["search", "--strategy", "random", "--trials", "3", "--reward", "surrogate", "--local",

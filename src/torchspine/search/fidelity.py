@@ -11,6 +11,14 @@ MLSys 2020), the rule of Ray Tune's ``AsyncHyperBandScheduler``
 is taken once, when the trial reaches the rung, so nothing waits for a synchronised bracket
 and every decision is one journal line.
 
+That rule lets a strategy that keeps improving (evolution, the controller) through nearly every
+rung, since its new proposals beat what a rung remembers of its early ones. The ``"quota"`` rule
+adds the budget of ASHA's promotion form (Li et al., MLSys 2020: at most ``floor(n/eta)`` of the
+``n`` trials at a rung are promoted, the best): decided once, on arrival, a trial goes on only if
+it is among the ``floor(n/eta)`` best at its rung (itself included) and fewer than
+``floor(n/eta)`` went on before, so at most ``1/eta`` of the trials reaching a rung pass it
+whatever the strategy does (docs/search.md measures both rules).
+
 ``min_steps`` is the grace period (no trial stops before it) and ``eta`` the reduction
 factor: about ``1/eta`` of the trials pass each rung. A continued trial resumes from its
 checkpoint (``ProxyTask`` keeps one per trial), so a trial stopped at rung ``k`` has cost
@@ -42,6 +50,7 @@ class FidelitySchedule:
             them (``None``, ASHA's rule). A strategy that improves (evolution, the controller)
             proposes better trials than the early ones a rung remembers, so with all of them
             nearly every later trial passes; a window keeps the cut at ``1/eta`` of recent trials.
+            With the quota rule the window limits the ranking, not the count of trials gone on.
         rule: ``"quantile"``: go on when the reward is at least the ``1 - 1/eta`` quantile of the
             rung's recorded rewards (Ray Tune's stopping rule). ``"quota"``: ASHA's promotion
             rule taken once, on arrival: with ``n`` trials at the rung (this one included), go
