@@ -28,6 +28,7 @@ ratio random / strategy (higher is better for the strategy).
 
     python benchmarks/bench_search.py [--seeds 5] [--budget-a 1500] [--budget-b 4000] [--budget-c 100]
                                       [--rl-entropy 1e-3] [--only A|B|C|D] [--strategies random,evolution,rl]
+                                      [--rule quantile|quota] [--first-seed 0]   (setting C's ASHA rule, seeds)
 """
 
 from __future__ import annotations
