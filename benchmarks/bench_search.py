@@ -28,6 +28,7 @@ ratio random / strategy (higher is better for the strategy).
 
     python benchmarks/bench_search.py [--seeds 5] [--budget-a 1500] [--budget-b 4000] [--budget-c 100]
                                       [--rl-entropy 1e-3] [--only A|B|C|D] [--strategies random,evolution,rl]
+                                      [--rule quantile|quota] [--first-seed 0]   (setting C's ASHA rule, seeds)
 """
 
 from __future__ import annotations
@@ -139,18 +140,19 @@ def _spread(xs: list[float]) -> str:
 
 
 def asha_table(strategies: list[str], *, seeds: int, budget: int, tells: tuple[bool, ...],
-               window: int | None = None) -> None:
+               window: int | None = None, rule: str = "quantile", first_seed: int = 0) -> None:
     reward = FidelitySurrogate()
     R = reward.max_steps
-    schedule = FidelitySchedule(min_steps=100, max_steps=R, reduction_factor=3.0, window=window)
+    schedule = FidelitySchedule(min_steps=100, max_steps=R, reduction_factor=3.0, window=window,
+                                rule=rule)
     print(f"\n## C: ASHA vs plain search, FidelitySurrogate(max_steps={R}, noise_at_max={reward.noise_at_max}, "
           f"lag {reward.lag_mean} +- {reward.lag_spread}); rungs {list(schedule.rungs)}; plain budget {budget} "
-          f"full trials; rung window {window}; seeds 0..{seeds - 1}")
+          f"full trials; rung window {window}; rule {rule}; seeds {first_seed}..{first_seed + seeds - 1}")
     for name in strategies:
         for tell in (tells if name != "random" else (True,)):
             t0 = time.perf_counter()
             rows = []
-            for seed in range(seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 plain = _search(name, seed, reward, trials=budget)
                 rewards = [r.reward for r in plain if r.ok]
                 best = max(rewards)
@@ -230,6 +232,8 @@ def main() -> None:
     ap.add_argument("--tell", choices=("rung", "full", "both"), default="rung",
                     help="setting C: what strategies are told of early-stopped trials")
     ap.add_argument("--window", type=int, default=None, help="setting C: ASHA rung window (default: all)")
+    ap.add_argument("--first-seed", type=int, default=0, help="setting C: seeds first-seed .. first-seed + seeds - 1")
+    ap.add_argument("--rule", choices=("quantile", "quota"), default="quantile", help="setting C: ASHA's rule")
     ap.add_argument("--only", choices=("A", "B", "C", "D"), default=None, help="run one setting")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -237,7 +241,8 @@ def main() -> None:
     STRATEGY_OPTIONS["rl"].update(learning_rate=args.rl_lr, entropy_weight=args.rl_entropy)
     if args.only == "C":
         tells = {"rung": (True,), "full": (False,), "both": (True, False)}[args.tell]
-        asha_table(args.strategies.split(","), seeds=args.seeds, budget=args.budget_c, tells=tells, window=args.window)
+        asha_table(args.strategies.split(","), seeds=args.seeds, budget=args.budget_c, tells=tells, window=args.window,
+                   rule=args.rule, first_seed=args.first_seed)
         return
     if args.only == "D":
         front_table(seed=0, budget=args.budget_d)

@@ -268,3 +268,94 @@ def test_proxy_rungs_continue_the_same_run(tmp_path):
     assert hist[0]["step"] == 2  # the first rung stopped at 2 (its lr is the 6-step schedule's)
     with pytest.raises(ValueError, match="max_steps=5 differs"):
         task(spec, steps=2, max_steps=5, trial_dir=str(tmp_path / "c"))
+
+
+# ----------------------------------------------------------------- the quota rule (ASHA's promotion budget)
+def test_quota_rule_by_hand():
+    """eta 3: with n trials at a rung (this one included) a trial goes on only if it is among the
+    floor(n/3) best and fewer than floor(n/3) went on before (worked out by hand below)."""
+    st = AshaStopper(FidelitySchedule(1, 10, 3, rule="quota"))
+    decisions = [st.decide(t, 0, r) for t, r in enumerate([5.0, 1.0, 3.0, 9.0, 8.0, 10.0, 11.0, 12.0, 13.0])]
+    # n=1, 2: floor(n/3) = 0, nothing goes on; n=3: 3.0 is behind 5.0; n=4: 9.0 is the best, quota 1;
+    # n=5: 8.0 is behind 9.0; n=6: 10.0 best, quota 2 (1 used); n=7, 8: best but quota 2 used;
+    # n=9: quota 3, 13.0 is the best: goes on.
+    assert decisions == [False, False, False, True, False, True, False, False, True]
+    assert st.went_on[0] == {3, 5, 8}
+    # A window limits the ranking to the last `window` rewards (this one included): 1.0 at n=4 ranks
+    # first among (1, 1, 1) and goes on; ranked among all four it is behind 5.0.
+    w = AshaStopper(FidelitySchedule(1, 10, 3, window=3, rule="quota"))
+    assert [w.decide(t, 0, r) for t, r in enumerate([5.0, 1.0, 1.0, 1.0])] == [False, False, False, True]
+    a = AshaStopper(FidelitySchedule(1, 10, 3, rule="quota"))
+    assert [a.decide(t, 0, r) for t, r in enumerate([5.0, 1.0, 1.0, 1.0])] == [False, False, False, False]
+    # The quantile rule (Ray Tune's) on the same rewards lets every new best through.
+    q = AshaStopper(FidelitySchedule(1, 10, 3))
+    assert [q.decide(t, 0, r) for t, r in enumerate([5.0, 1.0, 3.0, 9.0, 8.0, 10.0, 11.0, 12.0, 13.0])] == \
+        [True, False, False, True, True, True, True, True, True]
+
+
+def test_quota_rule_keeps_the_budget_on_an_improving_stream():
+    """A strategy that keeps improving (every trial better than all before it): the quantile rule
+    passes all of them after the first, the quota rule exactly floor(n/eta) of n at every step."""
+    quota, quantile = (AshaStopper(FidelitySchedule(1, 10, 3, rule=r)) for r in ("quota", "quantile"))
+    for t in range(60):
+        quota.decide(t, 0, float(t))
+        quantile.decide(t, 0, float(t))
+        assert len(quota.went_on[0]) == (t + 1) // 3
+    assert len(quantile.went_on[0]) == 60  # every one went on
+
+
+def test_quota_rule_is_validated_and_described():
+    with pytest.raises(ValueError, match="rule must be one of"):
+        FidelitySchedule(10, 270, 3, rule="promote").validate()
+    # The default rule is left out of the description, so journals written before the rule existed
+    # still resume; another rule is a resume setting.
+    assert "rule" not in FidelitySchedule(10, 270, 3).describe()
+    assert FidelitySchedule(10, 270, 3, rule="quota").describe()["rule"] == "quota"
+
+
+def test_quota_run_keeps_the_budget_and_resumes_exactly(tmp_path):
+    """Evolution with the quota rule on the noisy surrogate: at every rung at most 1/3 of the
+    trials that reached it went on; a search stopped midway and resumed decides exactly as one
+    run straight through (the quota's counts are replayed from the journal's rung lines)."""
+    sched = FidelitySchedule(10, 270, 3, rule="quota")
+    _run(tmp_path / "one", name="evolution", trials=40, fidelity=sched)
+    events = Journal(tmp_path / "one" / "journal.jsonl").events()
+    for k in range(3):
+        at = [e for e in events if e["event"] == "rung" and e["rung"] == k]
+        assert sum(e["decision"] == "continue" for e in at) <= len(at) // 3
+    assert sum(e["event"] == "rung" and e["rung"] == 0 for e in events) == 40
+
+    def stop_after(n):
+        seen = []
+
+        def cb(rec):
+            seen.append(rec)
+            return len(seen) >= n
+        return cb
+
+    st = create_strategy("evolution", search_space("spinenet49"), seed=0)
+    config = RunnerConfig(out_dir=str(tmp_path / "two"), trials=40, executor="local", fidelity=sched)
+    run_search(st, FidelitySurrogate(max_steps=270), config, search_config={"reward": "surrogate-noisy"},
+               callback=stop_after(17))
+    _run(tmp_path / "two", name="evolution", trials=40, fidelity=sched)
+
+    def outcome(evs):
+        return (sorted((e["trial_id"], e["rung"], e["reward"], e["decision"]) for e in evs if e["event"] == "rung"),
+                sorted((e["trial_id"], e["status"], e["reward"]) for e in evs if e["event"] == "finish"))
+
+    assert outcome(Journal(tmp_path / "two" / "journal.jsonl").events()) == outcome(events)
+
+
+def test_search_command_chooses_the_rule(tmp_path, capsys):
+    from torchspine.cli import main
+
+    for strategy, rule in (("evolution", "quota"), ("random", "quantile")):
+        out = tmp_path / strategy
+        # 90 trials: run one at a time, under the quota a trial reaches the full budget about once in 3^3.
+        assert main(["search", "--strategy", strategy, "--trials", "90", "--reward", "surrogate-noisy",
+                     "--steps", "270", "--asha", "--grace-steps", "10", "--local", "--out", str(out)]) == 0
+        assert Journal(out / "journal.jsonl").config()["fidelity"].get("rule", "quantile") == rule
+    capsys.readouterr()
+    assert main(["search", "--strategy", "random", "--trials", "3", "--reward", "surrogate", "--local",
+                 "--asha-rule", "quota", "--out", str(tmp_path / "x")]) == 2
+    assert "--asha-rule needs --asha" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """``torchspine search``: the architecture search of paper sections 3.1 and 5.1 on Ray.
 
     torchspine search --strategy rl|random|evolution --trials N --parallel P [--data ANN --images DIR] [--out DIR]
-                      [--asha --grace-steps S --reduction-factor 3] [--cost macs --target T --w -0.07]
+                      [--asha --grace-steps S --reduction-factor 3 --asha-rule auto] [--cost macs --target T --w -0.07]
                       [--max-macs M] [--top K]
     torchspine search report DIR
 
@@ -47,6 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--reduction-factor", type=float, default=3.0, help="about 1/factor of the trials pass each rung")
     a.add_argument("--rung-window", type=int, default=None,
                    help="compare a trial with the last N rewards of its rung only (default: all, ASHA's rule)")
+    a.add_argument("--asha-rule", choices=("auto", "quantile", "quota"), default="auto",
+                   help="quantile: go on when at least the 1-1/factor quantile of the rung's rewards (Ray Tune's "
+                        "rule); quota: also at most 1/factor of the trials reaching a rung go on (ASHA's promotion "
+                        "budget), which keeps the saving when the strategy improves; auto (default): quota for "
+                        "evolution and rl, quantile for random")
     a.add_argument("--tell", choices=("rung", "full"), default="rung",
                    help="strategies hear an early-stopped trial's last rung reward (rung, default) or only "
                         "full-budget rewards (full)")
@@ -120,6 +125,8 @@ def _fidelity(args: argparse.Namespace, reward_fn):
     if not args.asha:
         if args.grace_steps is not None:
             raise ValueError("--grace-steps needs --asha")
+        if args.asha_rule != "auto":
+            raise ValueError("--asha-rule needs --asha")
         return None
     from torchspine.search.fidelity import FidelitySchedule
 
@@ -127,8 +134,9 @@ def _fidelity(args: argparse.Namespace, reward_fn):
     if full is None:
         raise ValueError("--asha needs the trial length in steps: give --steps (or --quick)")
     grace = args.grace_steps if args.grace_steps is not None else max(1, round(full / args.reduction_factor ** 3))
+    rule = args.asha_rule if args.asha_rule != "auto" else ("quantile" if args.strategy == "random" else "quota")
     return FidelitySchedule(min_steps=grace, max_steps=int(full), reduction_factor=args.reduction_factor,
-                            window=args.rung_window).validate()
+                            window=args.rung_window, rule=rule).validate()
 
 
 def _objective(args: argparse.Namespace):

@@ -11,6 +11,14 @@ MLSys 2020), the rule of Ray Tune's ``AsyncHyperBandScheduler``
 is taken once, when the trial reaches the rung, so nothing waits for a synchronised bracket
 and every decision is one journal line.
 
+That rule lets a strategy that keeps improving (evolution, the controller) through nearly every
+rung, since its new proposals beat what a rung remembers of its early ones. The ``"quota"`` rule
+adds the budget of ASHA's promotion form (Li et al., MLSys 2020: at most ``floor(n/eta)`` of the
+``n`` trials at a rung are promoted, the best): decided once, on arrival, a trial goes on only if
+it is among the ``floor(n/eta)`` best at its rung (itself included) and fewer than
+``floor(n/eta)`` went on before, so at most ``1/eta`` of the trials reaching a rung pass it
+whatever the strategy does (docs/search.md measures both rules).
+
 ``min_steps`` is the grace period (no trial stops before it) and ``eta`` the reduction
 factor: about ``1/eta`` of the trials pass each rung. A continued trial resumes from its
 checkpoint (``ProxyTask`` keeps one per trial), so a trial stopped at rung ``k`` has cost
@@ -25,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AshaStopper", "FidelitySchedule"]
+__all__ = ["ASHA_RULES", "AshaStopper", "FidelitySchedule"]
+
+ASHA_RULES = ("quantile", "quota")
 
 
 @dataclass(frozen=True)
@@ -40,12 +50,20 @@ class FidelitySchedule:
             them (``None``, ASHA's rule). A strategy that improves (evolution, the controller)
             proposes better trials than the early ones a rung remembers, so with all of them
             nearly every later trial passes; a window keeps the cut at ``1/eta`` of recent trials.
+            With the quota rule the window limits the ranking, not the count of trials gone on.
+        rule: ``"quantile"``: go on when the reward is at least the ``1 - 1/eta`` quantile of the
+            rung's recorded rewards (Ray Tune's stopping rule). ``"quota"``: ASHA's promotion
+            rule taken once, on arrival: with ``n`` trials at the rung (this one included), go
+            on only if it is among the ``floor(n/eta)`` best of them and fewer than
+            ``floor(n/eta)`` have gone on so far, so at most ``1/eta`` of the trials that reach a
+            rung ever pass it, however much the strategy improves.
     """
 
     min_steps: int
     max_steps: int
     reduction_factor: float = 3.0
     window: int | None = None
+    rule: str = "quantile"
 
     def validate(self) -> FidelitySchedule:
         for name in ("min_steps", "max_steps"):
@@ -57,6 +75,8 @@ class FidelitySchedule:
                              f"max_steps={self.max_steps} (otherwise no trial can stop early)")
         if not (math.isfinite(self.reduction_factor) and self.reduction_factor > 1):
             raise ValueError(f"fidelity schedule: reduction_factor must be > 1, got {self.reduction_factor!r}")
+        if self.rule not in ASHA_RULES:
+            raise ValueError(f"fidelity schedule: rule must be one of {ASHA_RULES}, got {self.rule!r}")
         if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
             raise ValueError(f"fidelity schedule: window must be a positive integer or None, got {self.window!r}")
         return self
@@ -76,7 +96,10 @@ class FidelitySchedule:
         return (*out, self.max_steps)
 
     def describe(self) -> dict[str, Any]:
-        return {**asdict(self), "rungs": list(self.rungs)}
+        out = {**asdict(self), "rungs": list(self.rungs)}
+        if self.rule == "quantile":  # journals written before the rule existed resume unchanged
+            del out["rule"]
+        return out
 
 
 class AshaStopper:
@@ -89,6 +112,7 @@ class AshaStopper:
     def __init__(self, schedule: FidelitySchedule) -> None:
         self.schedule = schedule.validate()
         self.recorded: list[dict[int, float]] = [{} for _ in schedule.rungs[:-1]]
+        self.went_on: list[set[int]] = [set() for _ in schedule.rungs[:-1]]
 
     def cutoff(self, rung: int) -> float | None:
         """The ``1 - 1/eta`` quantile (linear interpolation) of the rewards recorded at ``rung``."""
@@ -105,11 +129,25 @@ class AshaStopper:
                              f"rungs {self.schedule.rungs}")
         if trial_id in self.recorded[rung]:
             raise ValueError(f"ASHA: trial {trial_id} was already decided at rung {rung}")
-        cut = self.cutoff(rung)
-        go_on = cut is None or reward >= cut
-        self.recorded[rung][trial_id] = float(reward)
+        if self.schedule.rule == "quota":
+            values = list(self.recorded[rung].values())
+            if self.schedule.window is not None:
+                values = values[-(self.schedule.window - 1):] if self.schedule.window > 1 else []
+            quota = int((len(values) + 1) / self.schedule.reduction_factor + 1e-9)
+            better = sum(v > reward for v in values)
+            go_on = better < quota and len(self.went_on[rung]) < self._quota_total(rung)
+        else:
+            cut = self.cutoff(rung)
+            go_on = cut is None or reward >= cut
+        self.record(trial_id, rung, reward, go_on)
         return go_on
 
-    def record(self, trial_id: int, rung: int, reward: float) -> None:
-        """Replay a decision read back from the journal (resume)."""
+    def _quota_total(self, rung: int) -> int:
+        """``floor(n/eta)`` over every trial decided at ``rung`` so far plus the one being decided."""
+        return int((len(self.recorded[rung]) + 1) / self.schedule.reduction_factor + 1e-9)
+
+    def record(self, trial_id: int, rung: int, reward: float, went_on: bool = False) -> None:
+        """Record a decision (also: replay one read back from the journal on resume)."""
         self.recorded[rung][trial_id] = float(reward)
+        if went_on:
+            self.went_on[rung].add(trial_id)

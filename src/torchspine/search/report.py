@@ -130,7 +130,7 @@ def format_report(s: SearchSummary, *, curve_points: int = 10) -> str:
     fid, obj = cfg.get("fidelity"), cfg.get("objective")
     if fid:
         lines.append(f"early stopping (ASHA): rungs {fid['rungs']} steps, reduction factor "
-                     f"{fid['reduction_factor']:g}, "
+                     f"{fid['reduction_factor']:g}, rule {fid.get('rule', 'quantile')}, "
                      f"strategy told {'rung rewards' if cfg.get('tell_stopped', True) else 'full-budget rewards only'}")
     if obj and obj.get("cost"):
         lines.append(f"reward = quality * ({obj['cost']} / {obj['target']:g}) ** {obj['w']:g}")

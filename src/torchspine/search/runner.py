@@ -286,7 +286,8 @@ class _Driver:
         rung_events = [e for e in events if e["event"] == "rung"]
         if self.stopper is not None:
             for e in rung_events:
-                self.stopper.record(int(e["trial_id"]), int(e["rung"]), float(e["reward"]))
+                self.stopper.record(int(e["trial_id"]), int(e["rung"]), float(e["reward"]),
+                                    e["decision"] == "continue")
         starts = {int(e["trial_id"]): float(e["time"]) for e in events if e["event"] == "start"}
         for tid in sorted(self.strategy.pending):
             p = self.strategy.proposal(tid)
