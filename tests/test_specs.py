@@ -1,5 +1,6 @@
-"""Architecture as data (issue #2 item 2): validation errors, JSON / genome round-trips,
-overrides, and the zoo tables against shared/reference/official-spinenet.md sections 1-2."""
+"""Architecture as data: validation errors, JSON / genome round-trips,
+overrides, and the zoo tables against SPINENET_BLOCK_SPECS and SCALING_MAP of tensorflow/tpu
+models/official/detection/modeling/architecture/spinenet.py."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def test_zoo_scaling_equals_reference() -> None:
         spec = spinenet_spec(key)
         assert spec.scaling == ScalingSpec(ep, scale, alpha, repeats)
         assert spec.blocks == SPINENET_BLOCKS
-    # The paper copy's 49S (section 3.4 of shared/paper/spinenet.md): uniform 0.75, 128 endpoints.
+    # The paper copy's 49S (an earlier revision of the paper, Du et al. CVPR 2020, section 3.4): uniform 0.75, 128 endpoints.
     assert SPINENET_SCALING["49s_paper"] == ScalingSpec(128, 0.75, 0.5, 1)
 
 
@@ -164,7 +165,7 @@ def test_json_and_genome_round_trip_exactly(make) -> None:
 
 
 def test_genome_of_spinenet49_by_hand() -> None:
-    # Written from the reference section 1 table: {level}{b|r}{parent0}.{parent1}[o].
+    # Written from SPINENET_BLOCK_SPECS (tensorflow/tpu models/official/detection/modeling/architecture/spinenet.py): {level}{b|r}{parent0}.{parent1}[o].
     expected = ("v1|2b0.1,4r0.1,3b2.3,4b2.4,6r3.5,4b3.5,5r6.7,7r6.8,5b8.9,5b8.10,"
                 "4b5.10o,3b4.10o,5b7.12o,7b5.14o,6b12.14o")
     assert spinenet_spec("49").to_genome() == expected + '|name="spinenet49"'
