@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "AllReduceBatchNorm2d", "convert_batchnorm",
-           "is_main_process", "all_reduce_mean", "globalize_loss_normalizer"]
+           "globalize_loss_normalizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,18 +59,6 @@ def init_distributed(device: torch.device) -> DistInfo:
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= dist.get_world_size()
-    return value
 
 
 class _AllReduceSum(torch.autograd.Function):
