@@ -97,21 +97,11 @@ def add_device_argument(p: argparse.ArgumentParser, *, default: str | None = "au
                         (f" (default {default})" if default else ""))
 
 
-def run_folder_weights(run: str | None, weights: str | None, *, name: str = "model.safetensors") -> Path:
-    """The weights of a command: ``weights`` when given, else ``run/name``; errors name the path."""
-    if weights:
-        path = Path(weights)
-        if path.is_dir():
-            path = path / name
-        if not path.is_file():
-            raise FileNotFoundError(f"weights {str(path)!r} not found")
-        return path
-    if not run:
+def run_folder_weights(run: str | None, weights: str | None) -> Path:
+    """The model file of a command: ``--weights`` (a file or run folder) when given, else the run
+    folder's (:func:`torchspine.engine.runs.find_model_file`); errors name the path."""
+    from torchspine.engine.runs import find_model_file
+
+    if not (weights or run):
         raise ValueError("give a training output folder or --weights FILE")
-    folder = Path(run)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"run folder {str(folder)!r} not found")
-    path = folder / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} not found: is {str(folder)!r} a finished training output folder?")
-    return path
+    return find_model_file(weights or run)[0]

@@ -38,22 +38,15 @@ from torchspine.engine.hooks import barrier
 from torchspine.engine.loop import NonFiniteLossError, epoch_batches, rank_seed, seed_everything
 from torchspine.engine.optim import scale_lr
 from torchspine.engine.plots import plot_curves
-from torchspine import utils
 from torchspine.layers.dropout import add_dropblock
 from torchspine.models.registry import model_info
-from torchspine.utils import atomic_write_text
+from torchspine.utils import atomic_write_text, resolve_device
 from torchspine.specs.spec import SpineNetSpec
 
-__all__ = ["CHECKPOINT_NAME", "NonFiniteLossError", "train", "resolve_device", "build_datasets", "epoch_batches",
+__all__ = ["CHECKPOINT_NAME", "NonFiniteLossError", "train", "build_datasets", "epoch_batches",
            "schedule_steps", "setup_run", "final_model_info"]
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
-    """:func:`torchspine.utils.resolve_device` with this process's local rank under DDP."""
-    local_rank = dist_info.local_rank if dist_info is not None and dist_info.distributed else None
-    return utils.resolve_device(name, local_rank=local_rank)
 
 
 def _jsonable(v: Any) -> Any:
@@ -95,9 +88,8 @@ def schedule_steps(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, tuple[i
 def setup_run(*, device_name: str, seed: int, num_threads: int | None, deterministic: bool,
               output_dir: str) -> tuple[DistInfo, torch.device, Path]:
     """Join the process group, pick the device, seed this rank's global RNGs, make the folder."""
-    info = init_distributed(torch.device("cuda") if device_name.startswith("cuda") or
-                            (device_name == "auto" and torch.cuda.is_available()) else torch.device("cpu"))
-    device = resolve_device(device_name, info)
+    info = init_distributed(torch.device(resolve_device(device_name).type))
+    device = resolve_device(device_name, local_rank=info.local_rank if info.distributed else None)
     if num_threads:
         torch.set_num_threads(num_threads)
     if deterministic:
