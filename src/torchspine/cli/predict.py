@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         t0 = time.perf_counter()
         if args.tile:
-            from torchspine.data.tiling import predict_tiled
+            from torchspine.engine.predict import predict_tiled
 
             det = predict_tiled(model, image, tile=args.tile, overlap=args.overlap, merge=args.merge,
                                 iou_thresh=args.merge_iou)
