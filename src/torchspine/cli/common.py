@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["add_device_argument", "add_set_argument", "check_device", "int_at_least", "parse_set",
-           "parse_set_value", "image_size", "run_folder_weights"]
+           "parse_set_value", "image_size", "is_saved_model", "load_saved_model", "run_folder_weights"]
 
 _PYTHON_SPELLINGS = {"True": True, "False": False, "None": None}
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -105,3 +105,33 @@ def run_folder_weights(run: str | None, weights: str | None) -> Path:
     if not (weights or run):
         raise ValueError("give a training output folder or --weights FILE")
     return find_model_file(weights or run)[0]
+
+
+def is_saved_model(weights: str) -> bool:
+    """A run folder or a file in the saved-model format (as opposed to bare tensors or a
+    catalogue tag)."""
+    from torchspine.models.saved import read_model_metadata
+
+    p = Path(weights)
+    if p.is_dir():
+        return True
+    if p.suffix != ".safetensors" or not p.is_file():
+        return False
+    try:
+        read_model_metadata(p)
+        return True
+    except ValueError:
+        return (p.parent / "config.json").is_file()  # a run's model file from before the info dict
+
+
+def load_saved_model(weights: str, model: str | None, overrides: dict[str, Any]):
+    """The :class:`~torchspine.engine.runs.TrainedModel` of a run folder or saved model, rebuilt
+    with its own settings (``overrides`` change only what does not change the weights); a
+    ``--model`` that names another model is an error."""
+    from torchspine.engine.runs import load_trained
+
+    trained = load_trained(weights, **overrides)
+    if model and model != trained.name:
+        raise ValueError(f"--model {model} differs from the model of {trained.path} ({trained.name}); "
+                         f"leave --model out")
+    return trained
