@@ -191,7 +191,7 @@ def train_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
 
 
 def _train_classifier(cfg: ClassifyConfig, info: Any, device: torch.device, out: Path) -> dict[str, Any]:
-    from torchspine.engine.distributed import convert_batchnorm
+    from torchspine.engine.distributed import wrap_for_training
     from torchspine.engine.fit import FitOptions, fit
     from torchspine.engine.trainer import final_model_info
     from torchspine.models.saved import save_model
@@ -210,11 +210,7 @@ def _train_classifier(cfg: ClassifyConfig, info: Any, device: torch.device, out:
                          f"({len(train_set)} images in {cfg.data}/train)")
     num_classes = len(train_set.classes)
     model = create_model(cfg.model, num_classes=num_classes, **cfg.model_overrides)
-    model = convert_batchnorm(model, device=device, world_size=info.world_size, mode=cfg.sync_bn).to(device)
-    train_model: nn.Module = model
-    if info.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    model, train_model = wrap_for_training(model, device=device, info=info, sync_bn=cfg.sync_bn)
     val_loader = _loader(val_set, batch_size=max(1, cfg.batch_size // info.world_size), workers=cfg.workers)
     steps_per_epoch = len(train_set) // cfg.batch_size
     total_steps = cfg.epochs * steps_per_epoch

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "AllReduceBatchNorm2d", "convert_batchnorm",
-           "globalize_loss_normalizer"]
+           "globalize_loss_normalizer", "wrap_for_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,19 @@ def convert_batchnorm(model: nn.Module, *, device: torch.device, world_size: int
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return _swap_bn(model)
+
+
+def wrap_for_training(model: nn.Module, *, device: torch.device, info: DistInfo,
+                      sync_bn: str = "auto") -> tuple[nn.Module, nn.Module]:
+    """``(model, train_model)``: the model with cross-process BN (:func:`convert_batchnorm`) on
+    ``device``, and the module to train: ``DistributedDataParallel`` around it when distributed,
+    else the model itself."""
+    model = convert_batchnorm(model, device=device, world_size=info.world_size, mode=sync_bn).to(device)
+    train_model: nn.Module = model
+    if info.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, train_model
 
 
 def _swap_bn(module: nn.Module) -> nn.Module:

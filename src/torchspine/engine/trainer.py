@@ -29,8 +29,8 @@ from torchspine.data.synth import ensure_synth
 from torchspine.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transforms, build_train_transforms
 from torchspine.engine.build import build_model
 from torchspine.engine.config import TrainConfig
-from torchspine.engine.distributed import (DistInfo, cleanup_distributed, convert_batchnorm, globalize_loss_normalizer,
-                                           init_distributed)
+from torchspine.engine.distributed import (DistInfo, cleanup_distributed, globalize_loss_normalizer, init_distributed,
+                                           wrap_for_training)
 from torchspine.engine.evaluate import evaluate_coco
 from torchspine.engine.finetune import freeze_backbone_bn, init_from_pretrained
 from torchspine.engine.fit import CHECKPOINT_NAME, FitOptions, fit
@@ -181,14 +181,9 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, out: Path, mo
     model = _build_detector(cfg, train_ds.num_classes, model, train_ds.label_names)
     max_level = next((m.spec.max_level for m in model.modules() if isinstance(getattr(m, "spec", None), SpineNetSpec)), 7)
     check_batch_size(cfg.batch_size // info.world_size, cfg.image_size, max_level=max_level)  # before BatchNorm fails deep inside
-    model = convert_batchnorm(model, device=device, world_size=info.world_size, mode=cfg.sync_bn)
+    model, train_model = wrap_for_training(model, device=device, info=info, sync_bn=cfg.sync_bn)
     if info.distributed and globalize_loss_normalizer(model):
         logger.info("loss normalised by the positives of the global batch (DDP == one process)")
-    model.to(device)
-    train_model: nn.Module = model
-    if info.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     peak_lr = scale_lr(cfg.lr, cfg.batch_size, cfg.lr_reference_batch)
     if info.is_main:
