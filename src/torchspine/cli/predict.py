@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from torchspine.analysis.visualize import class_names_for, draw_detections
+from torchspine.analysis.visualize import draw_detections
 from torchspine.cli.common import add_set_argument, image_size, is_saved_model, load_saved_model, parse_set
 from torchspine.data.images import find_images, read_image
 from torchspine.engine.evaluate import to_coco_results
@@ -111,7 +111,11 @@ def load_detector(args: argparse.Namespace) -> tuple[torch.nn.Module, list[str] 
         info.setdefault("num_classes", getattr(getattr(model, "head", None), "num_classes", None)
                         or kwargs.get("num_classes", 91))
         trained = TrainedModel(model=model, name=name, info=info, path=Path(str(args.weights or name)))
-    names = trained.label_names or class_names_for(trained.num_classes or 0)
+    names = trained.label_names
+    if not names and trained.num_classes == 91:  # the official COCO label space: index = category id
+        from torchspine.weights import coco_label_names
+
+        names = coco_label_names()
     return trained.model, names, trained.category_id
 
 
