@@ -61,7 +61,6 @@ __all__ = [
     "build_converted",
     "convert_checkpoint",
     "detect_codebase",
-    "load_converted",
     "read_tf_checkpoint",
     "save_converted",
 ]
@@ -264,9 +263,3 @@ def save_converted(result: ConversionResult, path: str | os.PathLike, *, info: d
     model = build_converted(result.model_name, result.overrides, result.state_dict)
     save_model(model, path, name=result.model_name, overrides=result.overrides, info={**result.info(), **(info or {})})
 
-
-def load_converted(path: str | os.PathLike, *, map_location: str = "cpu") -> nn.Module:
-    """Rebuild a converted model (same as :func:`torchspine.models.saved.load_model`)."""
-    from torchspine.models.saved import load_model
-
-    return load_model(path, device=map_location)
