@@ -12,7 +12,7 @@ What is exported (``kind`` is detected from the model):
   torchvision detector (resize/pad/normalise transform, anchors, box decoding, NMS) on one
   ``(3, H, W)`` image in [0, 1], outputs ``boxes``, ``scores``, ``labels``.
 
-Exporters (shared reference, environment notes): the dynamo exporter (``torch.export``) gives
+Exporters (torch 2.x ``torch.onnx.export``): the dynamo exporter (``torch.export``) gives
 dynamic batch and image size for backbones, classifiers and dense RetinaNet outputs. SpineNet's
 graph computes 'SAME' pads and nearest-resize factors from the input size, which torch.export
 can only keep symbolic when height and width are multiples of 2**max_level (128 for P7) and at
