@@ -39,9 +39,9 @@ from torchspine.engine.loop import NonFiniteLossError, epoch_batches, rank_seed,
 from torchspine.engine.optim import scale_lr
 from torchspine.engine.plots import plot_curves
 from torchspine.layers.dropout import add_dropblock
+from torchspine.models.backbone import find_backbone
 from torchspine.models.registry import model_info
 from torchspine.utils import atomic_write_text, resolve_device
-from torchspine.specs.spec import SpineNetSpec
 
 __all__ = ["CHECKPOINT_NAME", "NonFiniteLossError", "train", "build_datasets", "epoch_batches",
            "schedule_steps", "setup_run", "final_model_info"]
@@ -179,7 +179,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, out: Path, mo
     total_steps, decay_steps = schedule_steps(cfg, steps_per_epoch)
 
     model = _build_detector(cfg, train_ds.num_classes, model, train_ds.label_names)
-    max_level = next((m.spec.max_level for m in model.modules() if isinstance(getattr(m, "spec", None), SpineNetSpec)), 7)
+    backbone = find_backbone(model)
+    max_level = backbone.spec.max_level if backbone is not None else 7  # 7: the ResNet-FPN baseline's P7
     check_batch_size(cfg.batch_size // info.world_size, cfg.image_size, max_level=max_level)  # before BatchNorm fails deep inside
     model, train_model = wrap_for_training(model, device=device, info=info, sync_bn=cfg.sync_bn)
     if info.distributed and globalize_loss_normalizer(model):
