@@ -41,7 +41,8 @@ def main() -> None:
     from make_hubble_dataset import make
     from torchspine.data.importers import import_voc
     from torchspine.data.images import read_image
-    from torchspine.data.tiling import predict_tiled, tile_dataset
+    from torchspine.data.tiling import tile_dataset
+    from torchspine.engine.predict import predict_tiled
     from torchspine.engine.config import load_config
     from torchspine.engine.evaluate import coco_metrics
     from torchspine.engine.finetune import finetune_config

@@ -3,7 +3,7 @@
 # virtual environment, used by the `tf`-marked tests (tests/test_interop_convert.py,
 # test_parity_float64.py, test_tf_bundle.py) to write official checkpoints; `torchspine convert`
 # itself reads them without TensorFlow. Kept apart from .venv so torch and TensorFlow never share
-# an environment. Versions: shared reference environment notes (known to work together).
+# an environment. Versions: ones known to work together.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

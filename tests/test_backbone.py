@@ -64,7 +64,8 @@ def test_macs_within_one_percent(name: str) -> None:
 
 # --------------------------------------------------------------- graph construction
 def test_zero_outdegree_rule_adds_exactly_feat11_into_block12() -> None:
-    # Reference section 5: the only extra for SpineNet is feat 11 (spec 9, L5 bottleneck)
+    # Zero-out-degree rule (tensorflow/tpu models/official/detection/modeling/architecture/spinenet.py,
+    # _build_scale_permuted_network): the only extra for SpineNet is feat 11 (spec 9, L5 bottleneck)
     # added, unresampled, into spec 12 (the P5 output).
     for name in ("spinenet49", "spinenet96", "spinenet49s"):
         model = _meta(name)
@@ -90,7 +91,8 @@ def test_extra_parent_is_summed_in_forward() -> None:
 
 
 def test_stochastic_depth_per_block_rates() -> None:
-    # Reference section 7: rate for spec i = init * (i + 1) / 15, none on the stem, every
+    # Stochastic depth (tensorflow/tpu models/official/detection/modeling/architecture/spinenet.py): rate for spec
+    # i = init * (i + 1) / 15, none on the stem, every
     # repeat of a group shares its block's rate.
     model = _meta("spinenet96", stochastic_depth_rate=0.2)
     for i, blk in enumerate(model.blocks):
@@ -103,7 +105,8 @@ def test_stochastic_depth_per_block_rates() -> None:
 
 
 def test_block_repeats_and_stem() -> None:
-    # Reference section 3: stem conv 7x7/2 with 64 filters (never scaled), two L2 groups
+    # Stem (tensorflow/tpu models/official/detection/modeling/architecture/spinenet.py, _build_stem): stem conv
+    # 7x7/2 with 64 filters (never scaled), two L2 groups
     # of block_repeats bottlenecks; only stem_block_1 has a projection (64 -> 4f).
     for name, repeats, f2 in (("spinenet49s", 1, 41), ("spinenet96", 2, 64), ("spinenet190", 4, 83)):
         model = _meta(name)
@@ -200,7 +203,8 @@ def _pools(r: ResampleWithAlpha) -> list[tuple[int, int]]:
 
 
 def test_tpu_resample_pool_choice() -> None:
-    # Reference section 4 (TPU): after the 3x3/2 conv, one 'SAME' pool with stride r // 2,
+    # Resampling (tensorflow/tpu models/official/detection/modeling/architecture/spinenet.py,
+    # _resample_with_alpha): after the 3x3/2 conv, one 'SAME' pool with stride r // 2,
     # kernel 3 for r <= 4 and 5 beyond: r=4 -> k3 s2, r=8 -> k5 s4, r=16 -> k5 s8, r=32 -> k5 s16.
     assert _pools(_resample(3, 4, "symmetric")) == []  # r = 2: the strided conv alone
     assert _pools(_resample(3, 5, "symmetric")) == [(3, 2)]
@@ -212,7 +216,8 @@ def test_tpu_resample_pool_choice() -> None:
 
 
 def test_mg_resample_chained_pools() -> None:
-    # Reference section 4 (MG): 'SAME' 3x3/2 conv, then MaxPool2D(3, 2, 'SAME') until the size matches.
+    # Resampling (tensorflow/models official/vision/modeling/backbones/spinenet.py): 'SAME' 3x3/2 conv, then
+    # MaxPool2D(3, 2, 'SAME') until the size matches.
     assert _pools(_resample(3, 4, "same")) == []
     assert _pools(_resample(3, 5, "same")) == [(3, 2)]
     assert _pools(_resample(3, 6, "same")) == [(3, 2)] * 2
@@ -236,7 +241,8 @@ def test_resampling_reaches_every_level_at_odd_sizes(padding: str, height: int, 
 
 
 def test_integer_upsampling_is_nearest_repeat() -> None:
-    # Reference section 4: upsampling by an integer factor repeats each pixel.
+    # Nearest upsampling (both official spinenet.py files, and paper section 3.2): upsampling by an integer factor
+    # repeats each pixel.
     r = _resample(4, 2, "symmetric").eval()
     x = torch.randn(1, 16, 3, 5)
     with torch.no_grad():

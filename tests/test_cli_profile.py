@@ -1,4 +1,4 @@
-"""``torchspine profile``: measured counts beside the official figures (issue #2 item 6)."""
+"""``torchspine profile``: measured counts beside the official figures."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ def test_profile_spinenet49_prints_measured_and_official(capsys, tmp_path) -> No
     assert main(["profile", "spinenet49", "--json", str(out_json)]) == 0
     text = capsys.readouterr().out
     assert "spinenet49 @ 640x640" in text
-    # Official backbone+endpoints parameters (reference section 9): measured == official.
+    # Official backbone+endpoints parameters (tensorflow/tpu models/official/detection/utils/benchmark_utils.py
+    # semantics; MODEL_ZOO.md): measured == official.
     row = re.search(r"params \(trainable\)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)", text)
     assert row and row.group(1) == row.group(2) == "21,831,488" and row.group(3) == "1.0000"
-    # Conv MACs 28.26B (reference section 9), and the official tf.profiler figure 28.5B.
+    # Conv MACs 28.26B (tensorflow/tpu models/official/detection/utils/benchmark_utils.py semantics;
+    # MODEL_ZOO.md), and the official tf.profiler figure 28.5B.
     row = re.search(r"MACs, conv\+linear\s+([\d.]+)B\s+([\d.]+)B\s+([\d.]+)", text)
     assert row and row.group(1) == row.group(2) == "28.26"
     assert abs(float(row.group(3)) - 1) < 0.01

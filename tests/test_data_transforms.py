@@ -1,4 +1,4 @@
-"""Detection transforms keep boxes and masks aligned (issue 4 tests).
+"""Detection transforms keep boxes and masks aligned.
 
 Expected boxes are computed by hand from the geometry of each case; the random crop offset
 is read back from the pixels (a coordinate-gradient image), not from the implementation.

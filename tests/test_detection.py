@@ -32,7 +32,8 @@ def tiny_maskrcnn(**kw) -> SpineNetMaskRCNN:
 
 # ------------------------------------------------------------------------------- anchors
 def test_anchors_level3_match_hand_computed_boxes():
-    # Reference section 8: base = anchor_size * 2**level * 2**(k/3); w = base*sqrt(ar), h = base/sqrt(ar);
+    # tensorflow/tpu models/official/detection/dataloader/anchor.py: base = anchor_size * 2**level * 2**(k/3); w =
+    # base*sqrt(ar), h = base/sqrt(ar);
     # centre = stride/2 + n*stride; scale-major then aspect per location. By hand for level 3,
     # anchor_size 3: stride 8, centre (4, 4); bases 24, 24*2^(1/3) = 30.2381, 24*2^(2/3) = 38.0976.
     gen = SpineNetAnchorGenerator(3, 3, anchor_size=3.0, num_scales=3, aspect_ratios=(0.5, 1.0, 2.0))
@@ -235,7 +236,8 @@ def test_few_steps_on_three_boxes_drive_loss_down_and_detect_them():
 
 # ------------------------------------------------------------------------------- sizes
 # Official trainable parameters (RetinaNet 91 classes: the official TPU graphs' trainable variables;
-# tensorflow/tpu models/official/detection/MODEL_ZOO.md 11.9*, 28.5, 43.0, 67.0, 163.6 M; *49S's zoo figure is not reproducible).
+# tensorflow/tpu models/official/detection/MODEL_ZOO.md 11.9*, 28.5, 43.0, 67.0, 163.6 M; *49S's zoo figure is not
+# reproducible).
 RETINANET_PARAMS = {
     "49s": 11_265_942, "49": 28_543_383, "96": 42_974_871, "143": 66_959_511, "190": 163_637_351,
 }

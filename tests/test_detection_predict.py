@@ -1,4 +1,4 @@
-"""``torchspine predict`` and the inference helpers (issue #3, item 5)."""
+"""``torchspine predict`` and the inference helpers."""
 
 from __future__ import annotations
 

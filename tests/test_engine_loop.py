@@ -201,6 +201,7 @@ def _skip_worker(rank: int, port: int, out: str) -> None:
         trainer.register_hooks([Hook()])
         trainer.train(0, 3)
         torch.save({"skipped": skipped, "weight": model.weight.detach().clone()}, f"{out}.{rank}")
+        dist.barrier()  # both results written before either process tears gloo down
     finally:
         dist.destroy_process_group()
 
@@ -208,7 +209,13 @@ def _skip_worker(rank: int, port: int, out: str) -> None:
 @pytest.mark.timeout(300)
 def test_a_rank_with_an_empty_batch_keeps_step_with_the_others(tmp_path):
     out = str(tmp_path / "r")
-    mp.start_processes(_skip_worker, args=(_free_port(), out), nprocs=2, join=True, start_method="spawn")
+    try:
+        mp.start_processes(_skip_worker, args=(_free_port(), out), nprocs=2, join=True, start_method="spawn")
+    except mp.ProcessExitedException:
+        # gloo can abort a process while it shuts down on a loaded machine ("terminate called
+        # without an active exception"), after the results below were written: judge those.
+        if not (os.path.exists(f"{out}.0") and os.path.exists(f"{out}.1")):
+            raise
     r0, r1 = torch.load(f"{out}.0", weights_only=True), torch.load(f"{out}.1", weights_only=True)
     # Both processes skip step 2 together (no hang, no rank alone in a collective) and stay equal.
     assert r0["skipped"] == r1["skipped"] == [0.0, 1.0, 0.0]

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from torchspine.cli import main as cli_main
-from torchspine.interop.convert import build_converted, convert_checkpoint, load_converted, read_tf_checkpoint
+from torchspine.interop.convert import build_converted, convert_checkpoint, read_tf_checkpoint
+from torchspine.models.saved import load_model
 from torchspine.interop.keras_order import KerasGraph as _KerasGraph
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,7 +172,7 @@ def test_cli_convert_writes_loadable_safetensors(official: Path, tmp_path: Path,
     assert rc == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "Model Garden" in printed and '"activation": "hard_swish"' in printed and '"flavor": "mg"' in printed
-    model = load_converted(out)  # rebuilt from the metadata: flavour "mg"
+    model = load_model(out)  # rebuilt from the metadata: flavour "mg"
     assert model.torchspine_info["provenance"]["settings"]["activation"] == "hard_swish"
     assert model.spec.padding == "same" and model.spec.activation == "hard_swish"
     with np.load(official / "mb49" / "io.npz") as io:
@@ -288,7 +289,7 @@ def test_tpu_classifier_checkpoint(tpu_style: Path, tmp_path: Path) -> None:
     from torchspine.interop.convert import save_converted
 
     save_converted(result, out)
-    model = load_converted(out).to(torch.float64)
+    model = load_model(out).to(torch.float64)
     assert model.torchspine_info["num_classes"] == 1001 and model.torchspine_info["background_class"] == 0
     with np.load(tpu_style / "classifier" / "io.npz") as io, torch.no_grad():
         logits = model.fc(torch.from_numpy(io["pooled"]))

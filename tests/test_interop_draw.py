@@ -1,4 +1,4 @@
-"""Architecture diagrams (issue 7, item 4): shapes, output marks and connections are all drawn."""
+"""Architecture diagrams (the paper's Figure 3 style): shapes, output marks and connections are all drawn."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def test_spinenet49_like_figure_3() -> None:
     spec = spinenet_spec("49")
     fig = draw_spec(spec)
     blocks, arrows = _patches(fig)
-    # 2 stem blocks + 15 scale-permuted blocks (reference section 1).
+    # 2 stem blocks + 15 scale-permuted blocks (paper section 3.2, Figure 4; tensorflow/tpu
+    # models/official/detection/modeling/architecture/spinenet.py SPINENET_BLOCK_SPECS).
     assert len(blocks) == 17
     # 4 residual blocks (specs 1, 4, 6, 7) are diamonds (4-vertex polygons), the rest rectangles.
     diamonds = [b for b in blocks if isinstance(b, Polygon) and len(b.get_xy()) in (4, 5)]
@@ -34,7 +35,8 @@ def test_spinenet49_like_figure_3() -> None:
     red = [b for b in blocks if b.get_edgecolor()[:3] == pytest.approx((0xd7 / 255, 0x19 / 255, 0x1c / 255), abs=1e-3)]
     assert len(red) == 5
     # Every connection: 2 parents per block + the single zero-out-degree extra (feat 11 into
-    # block 12, reference section 5) = 31.
+    # block 12: the zero-out-degree rule of tensorflow/tpu
+    # models/official/detection/modeling/architecture/spinenet.py) = 31.
     assert zero_outdegree_extras(spec) == {12: [11]}
     assert len(arrows) == 31
     # Width shows resolution: the L2 stem block is wider than the L7 output block.
@@ -50,7 +52,9 @@ def test_mobile_and_search_results(tmp_path: Path) -> None:
     fig = draw_spec(mobile)
     blocks, arrows = _patches(fig)
     assert len(blocks) == 2 + 16 and all(len(b.get_xy()) >= 6 for b in blocks)  # MBConv hexagons
-    assert len(arrows) == 2 * 16 + 1  # one zero-out-degree extra (feat 12 into block 13, reference section 5)
+    # One zero-out-degree extra (feat 12 into block 13): the rule of tensorflow/tpu
+    # models/official/detection/modeling/architecture/spinenet_mbconv.py.
+    assert len(arrows) == 2 * 16 + 1
     plt.close(fig)
     # A search result: any valid spec, from a genome string or a JSON file.
     genome = "v1|2b0.1,3r0.2,4b1.3,5b2.4,6b3.5o,7r4.6o,5b4.7o,4b5.8o,3b2.9o|scaling.filter_size_scale=0.5"

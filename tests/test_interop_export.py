@@ -1,4 +1,4 @@
-"""ONNX export checked with onnxruntime (issue 7, item 3). Tiny models, 256 px inputs."""
+"""ONNX export checked with onnxruntime. Tiny models, 256 px inputs."""
 
 from __future__ import annotations
 

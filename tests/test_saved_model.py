@@ -94,7 +94,7 @@ def test_run_folder_and_overrides_on_top(tmp_path: Path) -> None:
 
 
 def test_converted_files_new_and_legacy(tmp_path: Path) -> None:
-    from torchspine.interop.convert import ConversionResult, load_converted, save_converted
+    from torchspine.interop.convert import ConversionResult, save_converted
 
     torch.manual_seed(2)
     model = torchspine.create_model("spinenet49s", **SMALL, padding="same", momentum=0.99, epsilon=1e-3).eval()
@@ -110,7 +110,7 @@ def test_converted_files_new_and_legacy(tmp_path: Path) -> None:
     x = torch.rand(1, 3, 128, 128)
     ref = model(x)
     for f in ("new.safetensors", "old.safetensors"):
-        for loaded in (load_model(tmp_path / f), load_converted(tmp_path / f)):
+        for loaded in (load_model(tmp_path / f),):
             assert loaded.spec.padding == "same" and loaded.spec.norm.momentum == 0.99
             out = loaded(x)
             for k in ref:

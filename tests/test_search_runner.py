@@ -322,10 +322,10 @@ def test_search_command_writes_outputs_and_resumes(tmp_path, capsys):
 
 def test_resume_with_proxy_settings_compares_them_as_json(tmp_path):
     from torchspine.search.proxy import ProxyTask
-    from torchspine.search.runner import _config_matches
+    from torchspine.search.runner import _config_diff
 
     info = {"strategy": "rl", "reward": "proxy", "proxy": asdict(ProxyTask.quick())}
     saved = json.loads(json.dumps(info))  # as the journal reads it back (tuples become lists)
-    assert _config_matches(saved, info) == []
+    assert _config_diff(saved, info) == []
     changed = {**info, "proxy": {**info["proxy"], "image_size": 256}}
-    assert _config_matches(saved, changed) == ["proxy"]
+    assert [k for k, _ in _config_diff(saved, changed)] == ["proxy"]

@@ -1,5 +1,6 @@
-"""Architecture as data (issue #2 item 2): validation errors, JSON / genome round-trips,
-overrides, and the zoo tables against shared/reference/official-spinenet.md sections 1-2."""
+"""Architecture as data: validation errors, JSON / genome round-trips,
+overrides, and the zoo tables against SPINENET_BLOCK_SPECS and SCALING_MAP of tensorflow/tpu
+models/official/detection/modeling/architecture/spinenet.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from torchspine.specs import (
     spinenet_spec,
 )
 
-# Reference section 1 table, typed in by hand: (feats idx, level, type, parents, output).
+# SPINENET_BLOCK_SPECS of tensorflow/tpu models/official/detection/modeling/architecture/spinenet.py, typed in by
+# hand: (feats idx, level, type, parents, output).
 REFERENCE_TABLE = [
     (2, 2, "bottleneck", (0, 1), False),
     (3, 4, "residual", (0, 1), False),
@@ -38,7 +40,8 @@ REFERENCE_TABLE = [
     (16, 6, "bottleneck", (12, 14), True),
 ]
 
-# Reference section 2 SCALING_MAP: id -> (endpoints_num_filters, filter_size_scale, resample_alpha, block_repeats).
+# SCALING_MAP of tensorflow/tpu models/official/detection/modeling/architecture/spinenet.py: id ->
+# (endpoints_num_filters, filter_size_scale, resample_alpha, block_repeats).
 REFERENCE_SCALING = {
     "49s": (128, 0.65, 0.5, 1),
     "49": (256, 1.0, 0.5, 1),
@@ -73,12 +76,15 @@ def test_zoo_scaling_equals_reference() -> None:
         spec = spinenet_spec(key)
         assert spec.scaling == ScalingSpec(ep, scale, alpha, repeats)
         assert spec.blocks == SPINENET_BLOCKS
-    # The paper copy's 49S (section 3.4 of shared/paper/spinenet.md): uniform 0.75, 128 endpoints.
+    # The paper copy's 49S (an earlier revision of the paper, Du et al. CVPR 2020, section 3.4): uniform 0.75, 128
+    # endpoints.
     assert SPINENET_SCALING["49s_paper"] == ScalingSpec(128, 0.75, 0.5, 1)
 
 
 def test_filters_truncate_like_the_reference() -> None:
-    # Reference section 3: x0.65 gives L2 41, L3 83, L4-7 166; x1.3 gives L2 83, L3 166, L4-7 332.
+    # FILTER_SIZE_MAP x filter_size_scale, truncated (tensorflow/tpu
+    # models/official/detection/modeling/architecture/spinenet.py): x0.65 gives L2 41, L3 83, L4-7 166; x1.3 gives
+    # L2 83, L3 166, L4-7 332.
     s = spinenet_spec("49s")
     assert [s.filters(lvl) for lvl in (2, 3, 4, 5, 6, 7)] == [41, 83, 166, 166, 166, 166]
     s = spinenet_spec("190")
@@ -164,7 +170,8 @@ def test_json_and_genome_round_trip_exactly(make) -> None:
 
 
 def test_genome_of_spinenet49_by_hand() -> None:
-    # Written from the reference section 1 table: {level}{b|r}{parent0}.{parent1}[o].
+    # Written from SPINENET_BLOCK_SPECS (tensorflow/tpu
+    # models/official/detection/modeling/architecture/spinenet.py): {level}{b|r}{parent0}.{parent1}[o].
     expected = ("v1|2b0.1,4r0.1,3b2.3,4b2.4,6r3.5,4b3.5,5r6.7,7r6.8,5b8.9,5b8.10,"
                 "4b5.10o,3b4.10o,5b7.12o,7b5.14o,6b12.14o")
     assert spinenet_spec("49").to_genome() == expected + '|name="spinenet49"'
@@ -232,7 +239,8 @@ def test_replace_overrides() -> None:
 
 
 def test_stochastic_depth_rate_per_block() -> None:
-    # Reference section 7: rate for spec i = init * (i + 1) / 15 (TPU), / 16 in the newer MG.
+    # Stochastic depth (tensorflow/tpu models/official/detection/modeling/architecture/spinenet.py; rate for spec
+    # i = init * (i + 1) / 15 (TPU), / 16 in the newer MG.
     s = spinenet_spec("49", stochastic_depth_rate=0.2)
     assert [s.drop_path_rate(i) for i in range(15)] == pytest.approx([0.2 * (i + 1) / 15 for i in range(15)])
     assert s.drop_path_rate(14) == pytest.approx(0.2)

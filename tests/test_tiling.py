@@ -12,7 +12,8 @@ from PIL import Image
 from torch import nn
 
 from torchspine.cli import main
-from torchspine.data.tiling import merge_detections, predict_tiled, tile_boxes, tile_dataset, tile_starts
+from torchspine.data.tiling import merge_detections, tile_boxes, tile_dataset, tile_starts
+from torchspine.engine.predict import predict_tiled
 
 
 def test_tile_starts_cover_the_image_without_padding():

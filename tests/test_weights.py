@@ -217,7 +217,7 @@ def test_partial_file_is_kept_and_resumed_by_the_next_call(server: _Server, tmp_
 
 
 def test_truncated_file_is_refused_naming_the_expected_size(server: _Server, tmp_path: Path) -> None:
-    # The server itself holds a short file (like the 536,870,913-byte upload of tensorflow/tpu issue 775).
+    # The server itself holds a short file (like the 536,870,913-byte upload of github.com/tensorflow/tpu/issues/775).
     server.files["/m.tar.gz"] = b"x" * 1000
     with pytest.raises(ValueError, match=r"m.tar.gz: downloaded 1,000 bytes, expected 5,000"):
         hub.download(server.url("/m.tar.gz"), tmp_path / "m.tar.gz", size=5000, progress=False)
@@ -463,7 +463,7 @@ def test_tpu_checkpoint_through_the_catalogue(tmp_path: Path, server: _Server, m
 
 
 # tensorflow/tpu SCALING_MAP (models/official/detection/modeling/architecture/spinenet.py), with the
-# 256 endpoint filters of the released 49S RetinaNet (tensorflow/tpu issue 767), and the RetinaNet
+# 256 endpoint filters of the released 49S RetinaNet (github.com/tensorflow/tpu/issues/767), and the RetinaNet
 # heads of the yamls: 4 x 128 (49S), 4 x 256 (49 / 96 / 143), 7 x 512 (190); 91 classes.
 _TPU_SIZES = {
     "49s": {"scale": 0.65, "alpha": 0.5, "endpoints": 256, "repeats": 1, "head_convs": 4, "head_filters": 128},

@@ -40,7 +40,7 @@ class _Node:
 def resolve_spec(spec_or_name: str) -> SpineNetSpec:
     """A spec from a registered model name, a JSON / genome file, or a genome string."""
     if isinstance(spec_or_name, SpineNetSpec):
-        return spec_or_name.validate()
+        return spec_or_name
     text = str(spec_or_name).strip()
     if text.startswith("v1|"):
         return SpineNetSpec.from_genome(text)
@@ -77,7 +77,6 @@ def draw_spec(
     from matplotlib.patches import FancyArrowPatch, Polygon, Rectangle
     from matplotlib.path import Path as MplPath
 
-    spec = spec.validate()
     n_stem = spec.num_stem_blocks
     nodes: list[_Node] = [
         _Node(j, lvl, spec.stem.block_type, False, True, True) for j, lvl in enumerate(spec.stem.block_levels)

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["PALETTE", "class_names_for", "draw_detections", "text_color"]
+__all__ = ["PALETTE", "draw_detections", "text_color"]
 
 # Box colours (Sasha Trubetskoy's "20 distinct colours", first ten).
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -27,15 +27,6 @@ def text_color(background: tuple[int, int, int]) -> tuple[int, int, int]:
     """Black or white, whichever contrasts more with ``background`` (WCAG contrast ratio)."""
     lum = _luminance(background)
     return (0, 0, 0) if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else (255, 255, 255)
-
-
-def class_names_for(num_classes: int) -> list[str] | None:
-    """COCO names (index = category id) when ``num_classes`` is 91, else ``None``."""
-    if num_classes == 91:
-        from torchvision.models._meta import _COCO_CATEGORIES
-
-        return list(_COCO_CATEGORIES)
-    return None
 
 
 def _font() -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from torchspine.cli.common import add_device_argument, image_size, int_at_least, parse_set
+from torchspine.cli.common import add_device_argument, add_set_argument, image_size, int_at_least, parse_set
 from torchspine.data.classification import SHAPES
 
 
@@ -29,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t = sub.add_parser("train", help="train a classifier on an image folder")
     t.add_argument("--data", required=True, help="image-folder root with train/ and val/")
     t.add_argument("--model", default="spinenet49_cls", help="registered classifier (default spinenet49_cls)")
-    t.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="model override, repeatable (e.g. filter_size_scale=0.25, feature_combination=concat)")
+    add_set_argument(t, dest="set",
+                     help="model override, repeatable (e.g. filter_size_scale=0.25, feature_combination=concat)")
     t.add_argument("--out", default="runs/classify", help="output folder (checkpoint, metrics, weights)")
     t.add_argument("--image-size", type=image_size, default=224)
     t.add_argument("--batch-size", type=int_at_least(1, "batch size"), default=64)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["add_device_argument", "add_set_argument", "check_device", "int_at_least", "parse_set",
-           "parse_set_value", "image_size", "run_folder_weights"]
+           "parse_set_value", "image_size", "is_saved_model", "load_saved_model", "run_folder_weights"]
 
 _PYTHON_SPELLINGS = {"True": True, "False": False, "None": None}
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -97,21 +97,41 @@ def add_device_argument(p: argparse.ArgumentParser, *, default: str | None = "au
                         (f" (default {default})" if default else ""))
 
 
-def run_folder_weights(run: str | None, weights: str | None, *, name: str = "model.safetensors") -> Path:
-    """The weights of a command: ``weights`` when given, else ``run/name``; errors name the path."""
-    if weights:
-        path = Path(weights)
-        if path.is_dir():
-            path = path / name
-        if not path.is_file():
-            raise FileNotFoundError(f"weights {str(path)!r} not found")
-        return path
-    if not run:
+def run_folder_weights(run: str | None, weights: str | None) -> Path:
+    """The model file of a command: ``--weights`` (a file or run folder) when given, else the run
+    folder's (:func:`torchspine.engine.runs.find_model_file`); errors name the path."""
+    from torchspine.engine.runs import find_model_file
+
+    if not (weights or run):
         raise ValueError("give a training output folder or --weights FILE")
-    folder = Path(run)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"run folder {str(folder)!r} not found")
-    path = folder / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} not found: is {str(folder)!r} a finished training output folder?")
-    return path
+    return find_model_file(weights or run)[0]
+
+
+def is_saved_model(weights: str) -> bool:
+    """A run folder or a file in the saved-model format (as opposed to bare tensors or a
+    catalogue tag)."""
+    from torchspine.models.saved import read_model_metadata
+
+    p = Path(weights)
+    if p.is_dir():
+        return True
+    if p.suffix != ".safetensors" or not p.is_file():
+        return False
+    try:
+        read_model_metadata(p)
+        return True
+    except ValueError:
+        return (p.parent / "config.json").is_file()  # a run's model file from before the info dict
+
+
+def load_saved_model(weights: str, model: str | None, overrides: dict[str, Any]):
+    """The :class:`~torchspine.engine.runs.TrainedModel` of a run folder or saved model, rebuilt
+    with its own settings (``overrides`` change only what does not change the weights); a
+    ``--model`` that names another model is an error."""
+    from torchspine.engine.runs import load_trained
+
+    trained = load_trained(weights, **overrides)
+    if model and model != trained.name:
+        raise ValueError(f"--model {model} differs from the model of {trained.path} ({trained.name}); "
+                         f"leave --model out")
+    return trained

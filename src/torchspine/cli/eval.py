@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from torchspine.data.coco import CocoDetection
     from torchspine.data.synth import ensure_synth
     from torchspine.engine.evaluate import evaluate_coco, format_table
-    from torchspine.engine.trainer import resolve_device
+    from torchspine.utils import resolve_device
     from torchspine.engine.runs import load_run_config, load_trained, resolve_run_path
     from torchspine.models.registry import model_info
     from torchspine.models.saved import load_weights, read_model_metadata

@@ -7,7 +7,8 @@ import sys
 
 import torch
 
-from torchspine.cli.common import MIN_IMAGE_SIZE, add_set_argument, int_at_least, parse_set
+from torchspine.cli.common import (MIN_IMAGE_SIZE, add_set_argument, int_at_least, is_saved_model, load_saved_model,
+                                   parse_set)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,19 +57,11 @@ def _load_model_unchecked(args: argparse.Namespace) -> torch.nn.Module:
     from torchspine.models.registry import create_model
 
     overrides = parse_set(args.sets)
-    if args.weights:
-        from torchspine.cli.predict import _is_trained
-
-        if _is_trained(args.weights):  # a run folder or saved model: rebuilt from its own settings
-            from torchspine.engine.runs import load_trained
-
-            trained = load_trained(args.weights, **overrides)
-            if args.model and args.model != trained.name:
-                raise ValueError(f"--model {args.model} differs from the model of {trained.path} ({trained.name}); "
-                                 f"leave --model out")
-            args.model = trained.name
-            args.trained_image_size = trained.image_size
-            return trained.model.eval()
+    if args.weights and is_saved_model(args.weights):  # a run folder or saved model: its own settings
+        trained = load_saved_model(args.weights, args.model, overrides)
+        args.model = trained.name
+        args.trained_image_size = trained.image_size
+        return trained.model.eval()
     if not args.model:
         raise ValueError("give --model NAME (or a run folder / saved model as --weights)")
     if args.weights:

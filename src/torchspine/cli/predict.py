@@ -28,8 +28,8 @@ from typing import Callable
 
 import torch
 
-from torchspine.analysis.visualize import class_names_for, draw_detections
-from torchspine.cli.common import add_set_argument, image_size, parse_set
+from torchspine.analysis.visualize import draw_detections
+from torchspine.cli.common import add_set_argument, image_size, is_saved_model, load_saved_model, parse_set
 from torchspine.data.images import find_images, read_image
 from torchspine.engine.evaluate import to_coco_results
 from torchspine.engine.predict import predict
@@ -79,25 +79,9 @@ def _save_png(path: Path, image: torch.Tensor) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
 
 
-def _is_trained(weights: str) -> bool:
-    """A run folder or a file in the saved-model format (as opposed to bare tensors)."""
-    from torchspine.models.saved import read_model_metadata
-
-    p = Path(weights)
-    if p.is_dir():
-        return True
-    if p.suffix != ".safetensors" or not p.is_file():
-        return False
-    try:
-        read_model_metadata(p)
-        return True
-    except ValueError:
-        return (p.parent / "config.json").is_file()  # a run's model file from before the info dict
-
-
 def load_detector(args: argparse.Namespace) -> tuple[torch.nn.Module, list[str] | None, Callable[[int], int]]:
     """The model, its label names (index = label) and label -> the annotation file's category id."""
-    from torchspine.engine.runs import TrainedModel, load_trained
+    from torchspine.engine.runs import TrainedModel
 
     kwargs = parse_set(args.overrides)
     kwargs.setdefault("score_thresh", args.score_thresh)  # the model's own post-NMS filter
@@ -105,11 +89,8 @@ def load_detector(args: argparse.Namespace) -> tuple[torch.nn.Module, list[str] 
         kwargs["image_size"] = args.image_size
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
-    if args.weights and _is_trained(args.weights):  # a run folder or saved model: its own settings
-        trained = load_trained(args.weights, **kwargs)
-        if args.model and args.model != trained.name:
-            raise ValueError(f"--model {args.model} differs from the model of {trained.path} ({trained.name}); "
-                             f"leave --model out")
+    if args.weights and is_saved_model(args.weights):  # a run folder or saved model: its own settings
+        trained = load_saved_model(args.weights, args.model, kwargs)
         if args.image_size and trained.image_size and args.image_size != trained.image_size:
             print(f"torchspine predict: warning: --image-size {args.image_size} overrides the size the model was "
                   f"trained at ({trained.image_size}); detections may be much worse", file=sys.stderr)
@@ -130,7 +111,11 @@ def load_detector(args: argparse.Namespace) -> tuple[torch.nn.Module, list[str] 
         info.setdefault("num_classes", getattr(getattr(model, "head", None), "num_classes", None)
                         or kwargs.get("num_classes", 91))
         trained = TrainedModel(model=model, name=name, info=info, path=Path(str(args.weights or name)))
-    names = trained.label_names or class_names_for(trained.num_classes or 0)
+    names = trained.label_names
+    if not names and trained.num_classes == 91:  # the official COCO label space: index = category id
+        from torchspine.weights import coco_label_names
+
+        names = coco_label_names()
     return trained.model, names, trained.category_id
 
 
@@ -187,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         t0 = time.perf_counter()
         if args.tile:
-            from torchspine.data.tiling import predict_tiled
+            from torchspine.engine.predict import predict_tiled
 
             det = predict_tiled(model, image, tile=args.tile, overlap=args.overlap, merge=args.merge,
                                 iou_thresh=args.merge_iou)

@@ -2,8 +2,8 @@
 
 * :func:`tile_dataset` cuts a COCO dataset into tiles for training: each box is clipped to
   every tile it touches and kept there when at least ``min_visible`` of its area is inside.
-* :func:`predict_tiled` runs a detector tile by tile, maps the boxes back into the image and
-  merges the duplicates that overlapping tiles produce: class-wise NMS
+* :func:`merge_detections` merges the duplicates that overlapping tiles produce (used by
+  :func:`torchspine.engine.predict.predict_tiled`, which runs a detector tile by tile): class-wise NMS
   (``torchvision.ops.batched_nms``) or a score-weighted average of each cluster of boxes
   (``"weighted"``; torchvision has no weighted box fusion, so the clustering is written here
   with ``torchvision.ops.box_iou``).
@@ -22,16 +22,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-__all__ = ["merge_detections", "predict_tiled", "tile_boxes", "tile_dataset", "tile_starts", "tile_windows"]
+__all__ = ["Merge", "check_tiling", "merge_detections", "tile_boxes", "tile_dataset", "tile_starts", "tile_windows"]
 
 logger = logging.getLogger(__name__)
 
 Merge = Literal["nms", "weighted"]
 
 
-def _check_tiling(tile: int, overlap: float) -> None:
+def check_tiling(tile: int, overlap: float) -> None:
+    """A ValueError naming the value unless ``tile`` >= 32 px and 0 <= ``overlap`` < 1."""
     if not isinstance(tile, int) or isinstance(tile, bool) or tile < 32:
         raise ValueError(f"tile size must be an integer >= 32 pixels, got {tile!r}")
     if not (isinstance(overlap, (int, float)) and 0.0 <= overlap < 1.0):
@@ -40,7 +41,7 @@ def _check_tiling(tile: int, overlap: float) -> None:
 
 def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
     """Start offsets of tiles of size ``tile`` covering ``[0, length)`` with ``overlap``."""
-    _check_tiling(tile, overlap)
+    check_tiling(tile, overlap)
     if length <= tile:
         return [0]
     stride = max(1, int(tile * (1.0 - overlap)))
@@ -81,7 +82,7 @@ def tile_dataset(coco: dict[str, Any], image_dir: str | os.PathLike, out_dir: st
     from torchspine.data.images import read_image
     from torchspine.utils import atomic_write
 
-    _check_tiling(tile, overlap)
+    check_tiling(tile, overlap)
     if not 0.0 < min_visible <= 1.0:
         raise ValueError(f"min_visible must be in (0, 1], got {min_visible!r}")
     image_dir, out_dir = Path(image_dir), Path(out_dir)
@@ -150,57 +151,3 @@ def merge_detections(boxes: Tensor, scores: Tensor, labels: Tensor, *, method: M
     weights[first.clamp(min=0), torch.arange(len(boxes))] = scores.double() * (first >= 0)
     merged = (weights @ boxes.double()) / weights.sum(1, keepdim=True)
     return merged.to(boxes.dtype), scores[keep], labels[keep]
-
-
-def _inside_interior(boxes: Tensor, windows: Tensor, width: int, height: int, margin: float) -> Tensor:
-    """``(N, T)``: box n lies in window t without touching any of t's borders that are inside
-    the image (a border on the image's own edge cuts nothing)."""
-    b, w = boxes[:, None, :], windows[None, :, :].to(boxes.dtype)
-    lo_x = torch.where(w[..., 0] > 0, w[..., 0] + margin, w[..., 0])
-    lo_y = torch.where(w[..., 1] > 0, w[..., 1] + margin, w[..., 1])
-    hi_x = torch.where(w[..., 2] < width, w[..., 2] - margin, w[..., 2])
-    hi_y = torch.where(w[..., 3] < height, w[..., 3] - margin, w[..., 3])
-    return (b[..., 0] >= lo_x) & (b[..., 1] >= lo_y) & (b[..., 2] <= hi_x) & (b[..., 3] <= hi_y)
-
-
-@torch.inference_mode()
-def predict_tiled(model: nn.Module, image: Tensor, *, tile: int, overlap: float = 0.2, merge: Merge = "nms",
-                  iou_thresh: float = 0.5, batch_size: int = 4, max_detections: int | None = None,
-                  edge_margin: float = 2.0) -> dict[str, Tensor]:
-    """Detections of an eval-mode detector on ``image`` (``(C, H, W)``), predicted tile by tile
-    (each tile at the model's own input size), mapped back to image pixels and merged across
-    tiles. Boxes only: masks of Mask R-CNN are dropped here.
-
-    A box within ``edge_margin`` px of a tile border inside the image is an object cut by the
-    tile; it is dropped when another tile holds the same box away from its borders (that tile
-    saw the whole object, as long as the overlap is larger than the objects). The rest are
-    merged with ``merge`` at ``iou_thresh``."""
-    from torchspine.engine.predict import predict
-
-    _check_tiling(tile, overlap)
-    h, w = int(image.shape[-2]), int(image.shape[-1])
-    windows = tile_windows(w, h, tile, overlap)
-    crops = [image[:, y0:y1, x0:x1] for x0, y0, x1, y1 in windows]
-    outs = predict(model, crops, batch_size=batch_size)
-    boxes, scores, labels = [], [], []
-    for (x0, y0, _, _), det in zip(windows, outs):
-        if "masks" in det and len(det["masks"]):
-            logger.debug("tiled prediction drops masks")
-        shift = torch.tensor([x0, y0, x0, y0], dtype=det["boxes"].dtype)
-        boxes.append(det["boxes"] + shift)
-        scores.append(det["scores"])
-        labels.append(det["labels"])
-    b, s, lab = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
-    if len(windows) > 1 and len(b):
-        win = torch.tensor(windows)
-        tile_of = torch.cat([torch.full((len(x),), i) for i, x in enumerate(boxes)])
-        clean = _inside_interior(b, win, w, h, edge_margin)  # (N, T)
-        cut = ~clean[torch.arange(len(b)), tile_of]
-        clean[torch.arange(len(b)), tile_of] = False
-        drop = cut & clean.any(1)
-        b, s, lab = b[~drop], s[~drop], lab[~drop]
-    b, s, lab = merge_detections(b, s, lab, method=merge, iou_thresh=iou_thresh)
-    if max_detections is not None:
-        b, s, lab = b[:max_detections], s[:max_detections], lab[:max_detections]
-    logger.debug("%d tiles of %d px: %d detections after merging", len(windows), tile, len(s))
-    return {"boxes": b, "scores": s, "labels": lab}

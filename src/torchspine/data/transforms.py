@@ -32,7 +32,6 @@ __all__ = [
     "IMAGENET_STD",
     "Compose",
     "RandomHorizontalFlip",
-    "ResizeLongSide",
     "ScaleJitterCrop",
     "build_train_transforms",
     "build_eval_transforms",
@@ -113,26 +112,6 @@ class Compose:
 
     def __repr__(self) -> str:
         return f"Compose({self.transforms})"
-
-
-class ResizeLongSide:
-    """Resize so that the long side equals ``size`` (aspect kept), optionally pad to square."""
-
-    def __init__(self, size: int, *, pad: bool = True, fill: Sequence[float] = IMAGENET_MEAN) -> None:
-        if size < 1:
-            raise ValueError(f"ResizeLongSide: size must be >= 1, got {size}")
-        self.size, self.pad, self.fill = size, pad, tuple(fill)
-
-    def __call__(self, image: torch.Tensor, target: Target, gen: torch.Generator) -> tuple[torch.Tensor, Target]:
-        h, w = image.shape[-2:]
-        s = self.size / max(h, w)
-        image, target = _resize(image, target, max(1, round(h * s)), max(1, round(w * s)))
-        if self.pad:
-            image, target = _pad(image, target, self.size, self.size, self.fill)
-        return image, target
-
-    def __repr__(self) -> str:
-        return f"ResizeLongSide({self.size}, pad={self.pad})"
 
 
 class ScaleJitterCrop:

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from torchspine.layers.dropout import add_dropblock
-from torchspine.models.registry import create_model, model_info
+from torchspine.models.registry import create_model
 
 __all__ = ["build_model", "add_dropblock"]  # add_dropblock lives in torchspine.layers.dropout
 

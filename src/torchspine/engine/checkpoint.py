@@ -24,7 +24,7 @@ from torch import nn
 
 from torchspine.utils import atomic_write
 
-__all__ = ["clean_orphans", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "save_weights",
+__all__ = ["clean_orphans", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint",
            "unwrap"]
 
 logger = logging.getLogger(__name__)
@@ -169,10 +169,3 @@ def load_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: tor
             set_rng_state(state["rng"])
     return state
 
-
-def save_weights(path: str | os.PathLike, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
-    """Model weights (parameters and buffers) as safetensors, atomically."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata or {}))

@@ -191,7 +191,7 @@ def train_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
 
 
 def _train_classifier(cfg: ClassifyConfig, info: Any, device: torch.device, out: Path) -> dict[str, Any]:
-    from torchspine.engine.distributed import convert_batchnorm
+    from torchspine.engine.distributed import wrap_for_training
     from torchspine.engine.fit import FitOptions, fit
     from torchspine.engine.trainer import final_model_info
     from torchspine.models.saved import save_model
@@ -210,11 +210,7 @@ def _train_classifier(cfg: ClassifyConfig, info: Any, device: torch.device, out:
                          f"({len(train_set)} images in {cfg.data}/train)")
     num_classes = len(train_set.classes)
     model = create_model(cfg.model, num_classes=num_classes, **cfg.model_overrides)
-    model = convert_batchnorm(model, device=device, world_size=info.world_size, mode=cfg.sync_bn).to(device)
-    train_model: nn.Module = model
-    if info.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    model, train_model = wrap_for_training(model, device=device, info=info, sync_bn=cfg.sync_bn)
     val_loader = _loader(val_set, batch_size=max(1, cfg.batch_size // info.world_size), workers=cfg.workers)
     steps_per_epoch = len(train_set) // cfg.batch_size
     total_steps = cfg.epochs * steps_per_epoch
@@ -267,17 +263,20 @@ def _jsonable(cfg: ClassifyConfig) -> dict[str, Any]:
 
 
 def load_classifier(weights: str | os.PathLike, *, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a saved classifier (:func:`torchspine.models.saved.load_model`) and its facts:
-    ``model``, ``num_classes``, ``classes`` (label names) and ``image_size``."""
+    """Rebuild a saved classifier (a file or run folder, read by
+    :func:`torchspine.engine.runs.load_trained`) and its facts: ``model``, ``num_classes``,
+    ``classes`` (label names) and ``image_size``."""
+    from torchspine.engine.runs import find_model_file, load_trained
     from torchspine.models.registry import model_info
-    from torchspine.models.saved import load_model, read_model_metadata
+    from torchspine.models.saved import read_model_metadata
 
-    meta = read_model_metadata(weights)
+    file = find_model_file(weights)[0]
+    meta = read_model_metadata(file)
     if model_info(meta["model"]).task != "classifier":
         raise ValueError(f"weights {str(weights)!r} hold a {model_info(meta['model']).task} ({meta['model']}), "
                          f"not a classifier")
-    model = load_model(weights, device=device)
-    info = model.torchspine_info
+    trained = load_trained(file, device=device)
+    model, info = trained.model, trained.info
     return model.eval(), {"model": meta["model"], "model_overrides": meta["overrides"],
                           "num_classes": info.get("num_classes", getattr(model, "num_classes", None)),
                           "classes": list(info.get("label_names", [])), "image_size": int(info.get("image_size", 224))}
@@ -287,7 +286,7 @@ def evaluate_saved_classifier(weights: str | os.PathLike, data: str | os.PathLik
                               batch_size: int = 64, workers: int = 0, device: str = "auto") -> dict[str, Any]:
     """Top-1 / top-5 of a saved classifier (file or run folder) on ``data/split``; the split's
     classes must be the model's."""
-    from torchspine.engine.trainer import resolve_device
+    from torchspine.utils import resolve_device
 
     dev = resolve_device(device)
     model, info = load_classifier(weights, device=str(dev))

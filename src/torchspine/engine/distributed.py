@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "AllReduceBatchNorm2d", "convert_batchnorm",
-           "is_main_process", "all_reduce_mean", "globalize_loss_normalizer"]
+           "globalize_loss_normalizer", "wrap_for_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,18 +59,6 @@ def init_distributed(device: torch.device) -> DistInfo:
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= dist.get_world_size()
-    return value
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -129,6 +117,19 @@ def convert_batchnorm(model: nn.Module, *, device: torch.device, world_size: int
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return _swap_bn(model)
+
+
+def wrap_for_training(model: nn.Module, *, device: torch.device, info: DistInfo,
+                      sync_bn: str = "auto") -> tuple[nn.Module, nn.Module]:
+    """``(model, train_model)``: the model with cross-process BN (:func:`convert_batchnorm`) on
+    ``device``, and the module to train: ``DistributedDataParallel`` around it when distributed,
+    else the model itself."""
+    model = convert_batchnorm(model, device=device, world_size=info.world_size, mode=sync_bn).to(device)
+    train_model: nn.Module = model
+    if info.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, train_model
 
 
 def _swap_bn(module: nn.Module) -> nn.Module:

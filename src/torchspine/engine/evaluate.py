@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torch import nn
+from torch import Tensor, nn
 
 from torchspine.data.coco import CocoDetection, collate_detection
 

@@ -80,7 +80,8 @@ def find_model_file(path: str | os.PathLike) -> tuple[Path, Path | None]:
         if not f.is_file():
             extra = " (it has checkpoint.pt: the run did not finish; --resume it)" if (p / "checkpoint.pt").is_file() \
                 else ""
-            raise FileNotFoundError(f"{p} is a folder without {MODEL_FILE}: not a finished torchspine run{extra}")
+            raise FileNotFoundError(f"{p} is a folder without {MODEL_FILE}: not a finished training output "
+                                    f"folder{extra}")
         return f, p
     if not p.is_file():
         raise FileNotFoundError(f"model file or run folder not found: {p}")

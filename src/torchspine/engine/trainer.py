@@ -29,8 +29,8 @@ from torchspine.data.synth import ensure_synth
 from torchspine.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transforms, build_train_transforms
 from torchspine.engine.build import build_model
 from torchspine.engine.config import TrainConfig
-from torchspine.engine.distributed import (DistInfo, cleanup_distributed, convert_batchnorm, globalize_loss_normalizer,
-                                           init_distributed)
+from torchspine.engine.distributed import (DistInfo, cleanup_distributed, globalize_loss_normalizer, init_distributed,
+                                           wrap_for_training)
 from torchspine.engine.evaluate import evaluate_coco
 from torchspine.engine.finetune import freeze_backbone_bn, init_from_pretrained
 from torchspine.engine.fit import CHECKPOINT_NAME, FitOptions, fit
@@ -38,22 +38,15 @@ from torchspine.engine.hooks import barrier
 from torchspine.engine.loop import NonFiniteLossError, epoch_batches, rank_seed, seed_everything
 from torchspine.engine.optim import scale_lr
 from torchspine.engine.plots import plot_curves
-from torchspine import utils
 from torchspine.layers.dropout import add_dropblock
+from torchspine.models.backbone import find_backbone
 from torchspine.models.registry import model_info
-from torchspine.utils import atomic_write_text
-from torchspine.specs.spec import SpineNetSpec
+from torchspine.utils import atomic_write_text, resolve_device
 
-__all__ = ["CHECKPOINT_NAME", "NonFiniteLossError", "train", "resolve_device", "build_datasets", "epoch_batches",
+__all__ = ["CHECKPOINT_NAME", "NonFiniteLossError", "train", "build_datasets", "epoch_batches",
            "schedule_steps", "setup_run", "final_model_info"]
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
-    """:func:`torchspine.utils.resolve_device` with this process's local rank under DDP."""
-    local_rank = dist_info.local_rank if dist_info is not None and dist_info.distributed else None
-    return utils.resolve_device(name, local_rank=local_rank)
 
 
 def _jsonable(v: Any) -> Any:
@@ -95,9 +88,8 @@ def schedule_steps(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, tuple[i
 def setup_run(*, device_name: str, seed: int, num_threads: int | None, deterministic: bool,
               output_dir: str) -> tuple[DistInfo, torch.device, Path]:
     """Join the process group, pick the device, seed this rank's global RNGs, make the folder."""
-    info = init_distributed(torch.device("cuda") if device_name.startswith("cuda") or
-                            (device_name == "auto" and torch.cuda.is_available()) else torch.device("cpu"))
-    device = resolve_device(device_name, info)
+    info = init_distributed(torch.device(resolve_device(device_name).type))
+    device = resolve_device(device_name, local_rank=info.local_rank if info.distributed else None)
     if num_threads:
         torch.set_num_threads(num_threads)
     if deterministic:
@@ -187,16 +179,12 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, out: Path, mo
     total_steps, decay_steps = schedule_steps(cfg, steps_per_epoch)
 
     model = _build_detector(cfg, train_ds.num_classes, model, train_ds.label_names)
-    max_level = next((m.spec.max_level for m in model.modules() if isinstance(getattr(m, "spec", None), SpineNetSpec)), 7)
+    backbone = find_backbone(model)
+    max_level = backbone.spec.max_level if backbone is not None else 7  # 7: the ResNet-FPN baseline's P7
     check_batch_size(cfg.batch_size // info.world_size, cfg.image_size, max_level=max_level)  # before BatchNorm fails deep inside
-    model = convert_batchnorm(model, device=device, world_size=info.world_size, mode=cfg.sync_bn)
+    model, train_model = wrap_for_training(model, device=device, info=info, sync_bn=cfg.sync_bn)
     if info.distributed and globalize_loss_normalizer(model):
         logger.info("loss normalised by the positives of the global batch (DDP == one process)")
-    model.to(device)
-    train_model: nn.Module = model
-    if info.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     peak_lr = scale_lr(cfg.lr, cfg.batch_size, cfg.lr_reference_batch)
     if info.is_main:

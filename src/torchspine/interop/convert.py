@@ -47,7 +47,7 @@ from torchspine.interop.convert_head import (
     transfer_retinanet_head,
 )
 from torchspine.interop.pairing import find_mg_backbone_prefix, mg_pairs, tpu_pairs
-from torchspine.interop.tf_bundle import read_checkpoint
+from torchspine.interop.tf_bundle import read_checkpoint as read_tf_checkpoint  # the converter API's name
 from torchspine.interop.transfer import Transfer
 from torchspine.layers.mbconv import ResampleSepConv
 from torchspine.models.backbone import SpineNet, named_backbone
@@ -61,7 +61,6 @@ __all__ = [
     "build_converted",
     "convert_checkpoint",
     "detect_codebase",
-    "load_converted",
     "read_tf_checkpoint",
     "save_converted",
 ]
@@ -69,16 +68,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ACTIVATIONS = ("relu", "swish", "hard_swish")
-
-
-def read_tf_checkpoint(path: str | os.PathLike, *, tf_python: str | None = None) -> dict[str, np.ndarray]:
-    """All model variables of a TF checkpoint (numpy only; see :mod:`torchspine.interop.tf_bundle`).
-
-    ``tf_python`` is accepted for compatibility and ignored: TensorFlow is no longer needed.
-    """
-    if tf_python:
-        log.info("tf_python=%s ignored: checkpoints are read without TensorFlow", tf_python)
-    return read_checkpoint(path)
 
 
 @dataclass
@@ -148,7 +137,6 @@ def convert_checkpoint(
     *,
     codebase: Codebase | None = None,
     overrides: dict[str, Any] | None = None,
-    tf_python: str | None = None,
 ) -> ConversionResult:
     """Convert an official checkpoint into the state dict of ``create_model(model_name, ...)``.
 
@@ -160,7 +148,6 @@ def convert_checkpoint(
         codebase: ``"tpu"`` or ``"mg"``; detected from the variable names when omitted.
         overrides: model keywords / spec fields. ``activation`` is required (a checkpoint does not
             record it); ``num_classes`` is read from the checkpoint's head when omitted.
-        tf_python: ignored (kept for compatibility: reading needs no TensorFlow any more).
 
     Raises:
         ValueError: without ``activation``, or listing missing, extra and mismatched variables
@@ -174,7 +161,7 @@ def convert_checkpoint(
                          f"tensorflow/tpu models use relu, the '-best' ones swish, Model Garden's mobile ones "
                          f"hard_swish)")
     source = "<variables>" if isinstance(checkpoint, dict) else str(checkpoint)
-    tf_vars = checkpoint if isinstance(checkpoint, dict) else read_tf_checkpoint(checkpoint, tf_python=tf_python)
+    tf_vars = checkpoint if isinstance(checkpoint, dict) else read_tf_checkpoint(checkpoint)
     names = set(tf_vars)
     codebase = codebase or detect_codebase(names)
     task = model_info(model_name).task
@@ -264,9 +251,3 @@ def save_converted(result: ConversionResult, path: str | os.PathLike, *, info: d
     model = build_converted(result.model_name, result.overrides, result.state_dict)
     save_model(model, path, name=result.model_name, overrides=result.overrides, info={**result.info(), **(info or {})})
 
-
-def load_converted(path: str | os.PathLike, *, map_location: str = "cpu") -> nn.Module:
-    """Rebuild a converted model (same as :func:`torchspine.models.saved.load_model`)."""
-    from torchspine.models.saved import load_model
-
-    return load_model(path, device=map_location)

@@ -38,6 +38,7 @@ Layouts converted, not just copied:
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -168,15 +169,9 @@ def transfer_maskrcnn_heads(model: nn.Module, transfer: Transfer, *, codebase: s
     scopes = tpu_scopes(names)
     # Fast R-CNN box head: convs with bias, their BNs, fc6 (+ BN), class and class-specific box predictors.
     box_head = model.roi_heads.box_head
-    bns = scopes.get(r + "fast_rcnn_head", {}).get("bn", [])
     n_convs = len(box_head.convs)
-    if len(bns) != n_convs + 1:
-        problems.append(f"Mask R-CNN box head: the model has {n_convs} convs + fc with BN, the checkpoint "
-                        f"{len(bns)} BNs under fast_rcnn_head/ (set head_num_convs)")
-    for i in range(n_convs):
-        transfer.conv(f"roi_heads.box_head.convs.{i}.0", f"{r}fast_rcnn_head/conv_{i}/")
-        if i < len(bns):
-            transfer.bn(f"roi_heads.box_head.convs.{i}.1", bns[i])
+    bns = _conv_bn_stack(transfer, scopes, problems, "roi_heads.box_head", n_convs, r + "fast_rcnn_head",
+                         "conv_{}", what="box head", last="fc", setting="head_num_convs")
     c = box_head.convs[-1][0].out_channels if n_convs else box_head.fc.in_features
     res = int(round((box_head.fc.in_features / c) ** 0.5))
     rows = np.arange(c * res * res).reshape(res, res, c).transpose(2, 0, 1).reshape(-1)  # NCHW <- NHWC
@@ -190,21 +185,30 @@ def transfer_maskrcnn_heads(model: nn.Module, transfer: Transfer, *, codebase: s
     _predictor(transfer, "roi_heads.box_predictor.bbox_pred", f"{r}fast_rcnn_head/box-predict/", classes,
                per_anchor=4, swap=True, dense=True)
     # Mask head: convs with bias and BN, deconv (+ BN), per-class 1x1 logits.
-    mask_head = model.roi_heads.mask_head
-    bns = scopes.get(r + "mask_head", {}).get("bn", [])
-    n_convs = len(mask_head.convs)
-    if len(bns) != n_convs + 1:
-        problems.append(f"Mask R-CNN mask head: the model has {n_convs} convs + deconv with BN, the checkpoint "
-                        f"{len(bns)} BNs under mask_head/ (set mask_num_convs)")
-    for i in range(n_convs):
-        transfer.conv(f"roi_heads.mask_head.convs.{i}.0", f"{r}mask_head/mask-conv-l{i}/")
-        if i < len(bns):
-            transfer.bn(f"roi_heads.mask_head.convs.{i}.1", bns[i])
+    n_convs = len(model.roi_heads.mask_head.convs)
+    bns = _conv_bn_stack(transfer, scopes, problems, "roi_heads.mask_head", n_convs, r + "mask_head",
+                         "mask-conv-l{}", what="mask head", last="deconv", setting="mask_num_convs")
     transfer.deconv("roi_heads.mask_head.deconv", f"{r}mask_head/conv5-mask/")
     if len(bns) > n_convs:
         transfer.bn("roi_heads.mask_head.deconv_norm", bns[n_convs])
     transfer.conv("roi_heads.mask_predictor", f"{r}mask_head/mask_fcn_logits/")
     return problems
+
+
+def _conv_bn_stack(transfer: Transfer, scopes: dict[str, Any], problems: list[str], prefix: str, n_convs: int,
+                   scope: str, conv_name: str, *, what: str, last: str, setting: str) -> list[str]:
+    """Fill ``prefix.convs.{i}`` (conv with bias, BN) from ``scope/conv_name/`` and the BNs the
+    checkpoint lists under ``scope`` in creation order; one more BN follows for ``last``.
+    Returns the BN scopes; a count that does not fit is added to ``problems``."""
+    bns = scopes.get(scope, {}).get("bn", [])
+    if len(bns) != n_convs + 1:
+        problems.append(f"Mask R-CNN {what}: the model has {n_convs} convs + {last} with BN, the checkpoint "
+                        f"{len(bns)} BNs under {scope.rsplit('/', 1)[-1]}/ (set {setting})")
+    for i in range(n_convs):
+        transfer.conv(f"{prefix}.convs.{i}.0", f"{scope}/{conv_name.format(i)}/")
+        if i < len(bns):
+            transfer.bn(f"{prefix}.convs.{i}.1", bns[i])
+    return bns
 
 
 def transfer_classifier_head(model: nn.Module, transfer: Transfer, *, codebase: str, names: set[str]) -> list[str]:

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchspine.models.backbone import SpineNet, find_backbone
+from torchspine.models.backbone import SpineNet
+from torchspine.utils import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ExportResult", "calibration_inputs", "export_onnx", "model_kind", "quantize_onnx_int8", "run_onnx",
            "verify_onnx"]
@@ -179,13 +180,6 @@ def export_onnx(
     return ExportResult(str(path), kind, postprocess, inputs, outputs, dynamic, tuple(example[0].shape))
 
 
-def _max_level(model: nn.Module) -> int:
-    backbone = find_backbone(model)
-    if backbone is None:
-        raise ValueError(f"{type(model).__name__} has no SpineNet backbone")
-    return backbone.spec.max_level
-
-
 def _same_pads(size, kernel: int, stride: int, dilation: int = 1):
     """TF 'SAME' (before, after) pads in integer arithmetic only, so a symbolic size stays symbolic
     (:func:`torchspine.layers.conv.same_pad_amounts` uses ``math.ceil(size / stride)``, which
@@ -293,8 +287,8 @@ INT8_OP_TYPES = ("Conv", "Add", "MaxPool", "Resize", "Relu")
 
 
 def calibration_inputs(images_dir: str | os.PathLike, result: ExportResult, *, count: int = 32,
-                       mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-                       std: tuple[float, float, float] = (0.229, 0.224, 0.225)) -> list[np.ndarray]:
+                       mean: tuple[float, float, float] = IMAGENET_MEAN,
+                       std: tuple[float, float, float] = IMAGENET_STD) -> list[np.ndarray]:
     """Calibration inputs for an exported graph from the images in ``images_dir`` (the first
     ``count``, sorted by name), each resized to the export's example size.
 

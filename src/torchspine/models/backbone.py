@@ -208,7 +208,7 @@ class SpineNet(nn.Module):
 
     def __init__(self, spec: SpineNetSpec) -> None:
         super().__init__()
-        self.spec = spec.validate()
+        self.spec = spec
         if spec.stem.kind not in STEM_BUILDERS:
             raise ValueError(f"spec {spec.name}: no stem builder for kind {spec.stem.kind!r}; "
                              f"known: {sorted(STEM_BUILDERS)}")

@@ -57,7 +57,9 @@ def measure_costs(spec: SpineNetSpec, *, image_size: int = 640, latency: bool = 
 def _latency_ms(spec: SpineNetSpec, image_size: int, repeats: int, device: str | None) -> float:
     from torchspine.models.backbone import SpineNet
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from torchspine.utils import resolve_device
+
+    dev = resolve_device(device)
     model = SpineNet(spec).to(dev).eval()
     x = torch.randn(1, 3, image_size, image_size, device=dev)
     times = []

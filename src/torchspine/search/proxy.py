@@ -21,7 +21,7 @@ import logging
 import os
 import random
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -222,9 +222,6 @@ class ProxyTask:
             if k in metrics:
                 out[k] = float(metrics[k])
         return out
-
-    def with_overrides(self, **kw: Any) -> ProxyTask:
-        return replace(self, **kw).validate()
 
 
 def _mkdir(path: Path) -> str:

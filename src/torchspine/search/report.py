@@ -140,7 +140,7 @@ def format_report(s: SearchSummary, *, curve_points: int = 10) -> str:
     c = s.counts
     lines.append(f"trials: {len(s.records)} finished: {c['ok']} full budget, {c['stopped']} stopped early, "
                  f"{c['failed']} failed, {c['rejected']} rejected; compute {s.fte:.1f} full-trial equivalents"
-                 + (f"; retries: " + ", ".join(f"{n} {k}" for k, n in sorted(s.retries.items())) if s.retries else ""))
+                 + ("; retries: " + ", ".join(f"{n} {k}" for k, n in sorted(s.retries.items())) if s.retries else ""))
 
     lines += ["", f"Leaderboard (full-budget trials, top {len(s.leaderboard)})"]
     has_q = any("quality" in r.metrics for r in s.leaderboard)

@@ -240,11 +240,6 @@ def _config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[s
     return out
 
 
-def _config_matches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Keys whose value differs from the journal's."""
-    return [k for k, _ in _config_diff(saved, current)]
-
-
 @dataclass(frozen=True)
 class _Job:
     """One attempt at one rung of one trial."""

@@ -172,7 +172,7 @@ class SearchSpace:
             if len(self.parent_candidates(k)) < 2:
                 raise ValueError(f"{label}: block {k} has fewer than two candidate parents "
                                  f"{self.parent_candidates(k)} (a stem of {self.num_stem_blocks} block(s))")
-        self.template().validate()
+        self.template()  # building the spec checks it
 
     # ------------------------------------------------------------- structure
     @property
@@ -215,10 +215,6 @@ class SearchSpace:
     @property
     def num_decisions(self) -> int:
         return len(self.steps)
-
-    @property
-    def max_options(self) -> int:
-        return max(s.num_options for s in self.steps)
 
     def valid_options(self, prefix: Sequence[int]) -> list[int]:
         """The valid options of step ``len(prefix)`` given the earlier decisions."""

@@ -409,9 +409,6 @@ class SpineNetSpec:
             )
         return int(base[level] * self.scaling.filter_size_scale)
 
-    def block_option(self, name: str, default: Any = None) -> Any:
-        return dict(self.block_options).get(name, default)
-
     def drop_path_rate(self, index: int) -> float:
         """The official per-block stochastic-depth rate for block ``index`` (0-based)."""
         rate = self.stochastic_depth_rate

@@ -16,7 +16,7 @@ Settings come from the yaml each zoo row links (tensorflow/tpu
 0.9 / 1e-5), head widths (49S: 128; Mask R-CNN-190: 7 x 384 for RPN, box and mask heads),
 ``num_classes`` (91 for COCO detection, index = COCO category id; 1001 for ImageNet, index 0 a
 background class). Two facts are not in the yamls: the released 49S RetinaNet has 256 endpoint
-filters, not the 128 of ``SCALING_MAP['49S']`` (tensorflow/tpu issue 767, answered by the
+filters, not the 128 of ``SCALING_MAP['49S']`` (github.com/tensorflow/tpu/issues/767, answered by the
 paper's first author; the zoo's 11.9M parameters are that layout), and the 350-epoch tables
 were trained with ReLU (the MODEL_ZOO.md notes: "Unless noted ... ReLU activation").
 
@@ -114,7 +114,7 @@ _RELU = {"activation": "relu"}
 _BEST = {"activation": "swish", "stochastic_depth_rate": 0.2}  # yaml: init_drop_connect_rate 0.2
 _MASKRCNN_BN = {"momentum": 0.99, "epsilon": 1e-3}  # *_mrcnn.yaml batch_norm_activation
 _CLS_BN = {"momentum": 0.9, "epsilon": 1e-5}  # *_classification.yaml
-_49S = {"endpoints_num_filters": 256}  # tensorflow/tpu issue 767
+_49S = {"endpoints_num_filters": 256}  # github.com/tensorflow/tpu/issues/767
 _COCO_DET = {"task": "detector", "num_classes": 91, "labels": "coco91"}
 _COCO_SEG = {"task": "instance_segmentation", "num_classes": 91, "labels": "coco91"}
 _IMAGENET = {"task": "classifier", "num_classes": 1001, "labels": "imagenet1001", "input_size": 224}
