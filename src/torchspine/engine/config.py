@@ -79,8 +79,10 @@ class TrainConfig:
     dropblock_keep_prob: float = 0.9
     ema_decay: float = 0.0  # 0 disables the EMA of weights
     sync_bn: SyncBN = "auto"  # auto: SyncBatchNorm on multi-GPU, all-reduce BN on multi-CPU
-    amp: bool = True  # only ever on CUDA
+    amp: bool = True  # CUDA: autocast; CPU: only with amp_dtype "bfloat16" (auto / float16 stay float32 there)
     amp_dtype: AmpDtype = "auto"  # auto: bfloat16 where supported, else float16 with a grad scaler
+    channels_last: bool = False  # same math, channels_last layout (docs/benchmarks.md: the measured gain)
+    activation_checkpointing: bool = False  # same math, less memory: the backbone's blocks recomputed in backward
     # run
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int | None = None  # CPU threads per process (None: torch's default)
