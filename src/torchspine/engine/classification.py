@@ -213,6 +213,8 @@ def _train_classifier(cfg: ClassifyConfig, info: Any, device: torch.device, out:
     num_classes = len(train_set.classes)
     model = create_model(cfg.model, num_classes=num_classes, **cfg.model_overrides)
     model = convert_batchnorm(model, device=device, world_size=info.world_size, mode=cfg.sync_bn).to(device)
+    if cfg.channels_last:  # before DDP, which registers the parameters' layout (fit() would do it after)
+        model.to(memory_format=torch.channels_last)
     train_model: nn.Module = model
     if info.distributed:
         train_model = nn.parallel.DistributedDataParallel(

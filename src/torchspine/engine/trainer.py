@@ -193,6 +193,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, out: Path, mo
     if info.distributed and globalize_loss_normalizer(model):
         logger.info("loss normalised by the positives of the global batch (DDP == one process)")
     model.to(device)
+    if cfg.channels_last:  # before DDP, which registers the parameters' layout (fit() would do it after)
+        model.to(memory_format=torch.channels_last)
     train_model: nn.Module = model
     if info.distributed:
         train_model = nn.parallel.DistributedDataParallel(
