@@ -236,3 +236,21 @@ def test_resume_is_exact_with_channels_last_and_checkpointing(tmp_path):
         return [h["loss"] for h in json.loads((tmp_path / d / "history.json").read_text())["history"]]
 
     assert len(losses("full")) == 4 and losses("cut") == losses("full")
+
+
+def test_classifier_trains_with_every_option_from_the_command_line(tmp_path):
+    # The classification task takes the same flags (channels_last batches are 4-D tensors here).
+    from torchspine.cli import main
+    from torchspine.data.classification import make_shapes_dataset
+
+    data = tmp_path / "d"
+    make_shapes_dataset(data, num_classes=2, train_per_class=4, val_per_class=2, image_size=32)
+    out = tmp_path / "run"
+    assert main(["train", "--task", "classify", "--data", str(data), "--output-dir", str(out), "--epochs", "1",
+                 "--batch-size", "4", "--image-size", "32", "--device", "cpu", "--no-progress",
+                 "--channels-last", "--activation-checkpointing", "--bf16",
+                 "--set", 'model_overrides={"filter_size_scale": 0.125, "endpoints_num_filters": 8}',
+                 "--set", "warmup_epochs=0"]) == 0
+    cfg = json.loads((out / "metrics.json").read_text())["config"]
+    assert cfg["channels_last"] and cfg["activation_checkpointing"] and cfg["amp_dtype"] == "bfloat16"
+    assert (out / "model.safetensors").is_file()
