@@ -232,15 +232,22 @@ def _recompute_context(block: nn.Module, position: tuple[tuple[int, ...] | None,
             m.num_batches_tracked.fill_(tracked)
 
 
-def set_activation_checkpointing(model: nn.Module, enabled: bool = True) -> int:
+def set_activation_checkpointing(model: nn.Module, enabled: bool = True, max_level: int | None = None) -> int:
     """Turn activation checkpointing of the scale-permuted blocks on or off in every SpineNet
-    inside ``model``; returns how many backbones were set. It applies to training forwards
-    with gradients only and changes no result (see :meth:`ScalePermutedBlock.checkpointed`):
-    less memory for one more forward pass of the blocks."""
+    inside ``model``; returns how many backbones were set. ``max_level``: only the blocks at
+    that level or finer (their maps hold most of the activation memory: a level-2 block keeps
+    4x the values of a level-3 one at half the width, while the compute per block varies less
+    across levels), ``None`` for all. It applies to training forwards with gradients only and
+    changes no result (see :meth:`ScalePermutedBlock.checkpointed`): less memory for one more
+    forward pass of the checkpointed blocks."""
+    if max_level is not None and (not isinstance(max_level, int) or isinstance(max_level, bool)):
+        raise ValueError(f"set_activation_checkpointing: max_level must be an integer level or None, "
+                         f"got {max_level!r}")
     count = 0
     for m in model.modules():
         if isinstance(m, SpineNet):
             m.activation_checkpointing = bool(enabled)
+            m.activation_checkpointing_max_level = max_level
             count += 1
     return count
 
@@ -258,6 +265,7 @@ class SpineNet(nn.Module):
 
     size_divisibility = 1
     activation_checkpointing = False  # set_activation_checkpointing
+    activation_checkpointing_max_level: int | None = None
 
     def __init__(self, spec: SpineNetSpec) -> None:
         super().__init__()
@@ -332,9 +340,13 @@ class SpineNet(nn.Module):
         height, width = x.shape[-2], x.shape[-1]
         feats = self.stem(x)
         checkpoint = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        top = self.activation_checkpointing_max_level
         for block in self.blocks:
             size = level_size(height, width, block.level)
-            feats.append(block.checkpointed(feats, size) if checkpoint else block(feats, size))
+            if checkpoint and (top is None or block.level <= top):
+                feats.append(block.checkpointed(feats, size))
+            else:
+                feats.append(block(feats, size))
         return feats
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
