@@ -86,6 +86,26 @@ def test_checkpointing_only_in_training_with_gradients():
     assert set_activation_checkpointing(torch.nn.Linear(2, 2)) == 0
 
 
+def test_checkpointing_limited_to_fine_levels():
+    plain = _backbone()
+    ckpt = copy.deepcopy(plain)
+    set_activation_checkpointing(ckpt, max_level=3)
+    calls = {i: 0 for i in range(len(ckpt.blocks))}
+    for i, block in enumerate(ckpt.blocks):
+        block.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    loss_a, grads_a = _backbone_step(plain, x, [1, 2])
+    loss_b, grads_b = _backbone_step(ckpt, x, [1, 2])
+    # SpineNet-49's blocks at levels 2-3 run twice (forward, then recomputed), the others once.
+    levels = [b.level for b in ckpt.blocks]
+    assert calls == {i: 2 if lvl <= 3 else 1 for i, lvl in enumerate(levels)} and 2 in calls.values()
+    assert torch.equal(loss_a, loss_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    with pytest.raises(ValueError, match="max_level"):
+        set_activation_checkpointing(ckpt, max_level="3")
+    with pytest.raises(ValueError, match="activation_checkpointing_max_level"):
+        TrainConfig.from_dict({"activation_checkpointing_max_level": 0})
+
+
 def _detector_step(model, images, targets, dtype=None):
     model.train()
     with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):

@@ -82,6 +82,7 @@ class ClassifyConfig:
     amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"
     channels_last: bool = False  # same math, channels_last layout
     activation_checkpointing: bool = False  # same math, less memory: the backbone's blocks recomputed
+    activation_checkpointing_max_level: int | None = None  # only the blocks at this level or finer (None: all)
     sync_bn: Literal["auto", "off", "on"] = "auto"
     checkpoint_interval: int = 0  # steps; 0: at every epoch end
     num_threads: int | None = None
@@ -234,7 +235,9 @@ def _train_classifier(cfg: ClassifyConfig, info: Any, device: torch.device, out:
         weight_decay=cfg.weight_decay, warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
         schedule=cfg.schedule, decay_steps=decay_steps if cfg.schedule == "step" else (),
         grad_clip_norm=cfg.grad_clip_norm, ema_decay=cfg.ema_decay, amp=cfg.amp, amp_dtype=cfg.amp_dtype,
-        channels_last=cfg.channels_last, activation_checkpointing=cfg.activation_checkpointing, resume=cfg.resume, checkpoint_interval=cfg.checkpoint_interval or steps_per_epoch,
+        channels_last=cfg.channels_last, activation_checkpointing=cfg.activation_checkpointing,
+        activation_checkpointing_max_level=cfg.activation_checkpointing_max_level, resume=cfg.resume,
+        checkpoint_interval=cfg.checkpoint_interval or steps_per_epoch,
         eval_interval=steps_per_epoch, log_interval=steps_per_epoch, tensorboard=cfg.tensorboard,
         progress=cfg.progress)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)

@@ -52,6 +52,7 @@ class FitOptions:
     # Same-math speed / memory options (docs/benchmarks.md has the measurements):
     channels_last: bool = False  # weights, optimizer state and 4-D batches in channels_last
     activation_checkpointing: bool = False  # recompute the backbone's scale-permuted blocks in the backward
+    activation_checkpointing_max_level: int | None = None  # only blocks at this level or finer (None: all)
     resume: bool = False
     checkpoint_interval: int = 0
     eval_interval: int = 0
@@ -106,7 +107,7 @@ def fit(*, model: nn.Module, train_model: nn.Module, loss_fn: Callable[[nn.Modul
     if opts.activation_checkpointing:
         from torchspine.models.backbone import set_activation_checkpointing
 
-        if not set_activation_checkpointing(model):
+        if not set_activation_checkpointing(model, max_level=opts.activation_checkpointing_max_level):
             raise ValueError(f"activation_checkpointing: {type(model).__name__} has no SpineNet backbone to "
                              "checkpoint")
     optimizer = build_optimizer(model, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
