@@ -33,7 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_tf.py --threads 1
 	$(PY) benchmarks/bench_deploy.py --threads 1
 	$(PY) benchmarks/bench_onnx_sizes.py
-	$(PY) benchmarks/bench_training.py --threads 1 --size 512 --batch 2 --steps 2 --channels-last
+	$(PY) benchmarks/bench_training.py --matrix --threads 1 --size 512 --batch 2 --steps 2 --repeats 2
 	$(PY) benchmarks/bench_backbone.py
 
 clean:

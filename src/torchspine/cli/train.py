@@ -39,6 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "always; the head when the classes match, else a fresh classification layer); see the "
                         "finetune recipe (--config finetune)")
     p.add_argument("--freeze-bn", action="store_true", help="keep the backbone's BatchNorm frozen (inference mode)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="train in the channels_last memory layout (same math; see docs/benchmarks.md)")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute the backbone's scale-permuted blocks in the backward pass: less memory, "
+                        "one more forward of the blocks, same results")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast (also on the CPU; sets amp=true, amp_dtype=bfloat16)")
     p.add_argument("--eval-interval", type=int, help="evaluate every N steps (0: only at the end)")
     p.add_argument("--checkpoint-interval", type=int, help="checkpoint every N steps")
     p.add_argument("--num-workers", type=int)
@@ -74,9 +81,12 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         w = Path(args.weights)
         over["weights"] = str(w.resolve()) if w.exists() else args.weights  # a file / run, or a catalogue name
     for flag, field in (("resume", "resume"), ("skip_bad_annotations", "skip_bad_annotations"),
-                        ("freeze_bn", "freeze_bn")):
+                        ("freeze_bn", "freeze_bn"), ("channels_last", "channels_last"),
+                        ("activation_checkpointing", "activation_checkpointing"), ("bf16", "amp")):
         if getattr(args, flag, False):
             over[field] = True
+    if getattr(args, "bf16", False):
+        over["amp_dtype"] = "bfloat16"
     if getattr(args, "no_progress", False):
         over["progress"] = False
     over.update(parse_set(getattr(args, "sets", [])))

@@ -78,8 +78,11 @@ class ClassifyConfig:
     resume: bool = True
     grad_clip_norm: float = 0.0  # 0 disables
     ema_decay: float = 0.0  # 0 disables the EMA of weights
-    amp: bool = True  # only ever on CUDA
+    amp: bool = True  # CUDA: autocast; CPU: only with amp_dtype "bfloat16"
     amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"
+    channels_last: bool = False  # same math, channels_last layout
+    activation_checkpointing: bool = False  # same math, less memory: the backbone's blocks recomputed
+    activation_checkpointing_max_level: int | None = None  # only the blocks at this level or finer (None: all)
     sync_bn: Literal["auto", "off", "on"] = "auto"
     checkpoint_interval: int = 0  # steps; 0: at every epoch end
     num_threads: int | None = None
@@ -210,7 +213,8 @@ def _train_classifier(cfg: ClassifyConfig, info: Any, device: torch.device, out:
                          f"({len(train_set)} images in {cfg.data}/train)")
     num_classes = len(train_set.classes)
     model = create_model(cfg.model, num_classes=num_classes, **cfg.model_overrides)
-    model, train_model = wrap_for_training(model, device=device, info=info, sync_bn=cfg.sync_bn)
+    model, train_model = wrap_for_training(model, device=device, info=info, sync_bn=cfg.sync_bn,
+                                           channels_last=cfg.channels_last)
     val_loader = _loader(val_set, batch_size=max(1, cfg.batch_size // info.world_size), workers=cfg.workers)
     steps_per_epoch = len(train_set) // cfg.batch_size
     total_steps = cfg.epochs * steps_per_epoch
@@ -226,7 +230,9 @@ def _train_classifier(cfg: ClassifyConfig, info: Any, device: torch.device, out:
         weight_decay=cfg.weight_decay, warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
         schedule=cfg.schedule, decay_steps=decay_steps if cfg.schedule == "step" else (),
         grad_clip_norm=cfg.grad_clip_norm, ema_decay=cfg.ema_decay, amp=cfg.amp, amp_dtype=cfg.amp_dtype,
-        resume=cfg.resume, checkpoint_interval=cfg.checkpoint_interval or steps_per_epoch,
+        channels_last=cfg.channels_last, activation_checkpointing=cfg.activation_checkpointing,
+        activation_checkpointing_max_level=cfg.activation_checkpointing_max_level, resume=cfg.resume,
+        checkpoint_interval=cfg.checkpoint_interval or steps_per_epoch,
         eval_interval=steps_per_epoch, log_interval=steps_per_epoch, tensorboard=cfg.tensorboard,
         progress=cfg.progress)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)

@@ -79,8 +79,11 @@ class TrainConfig:
     dropblock_keep_prob: float = 0.9
     ema_decay: float = 0.0  # 0 disables the EMA of weights
     sync_bn: SyncBN = "auto"  # auto: SyncBatchNorm on multi-GPU, all-reduce BN on multi-CPU
-    amp: bool = True  # only ever on CUDA
+    amp: bool = True  # CUDA: autocast; CPU: only with amp_dtype "bfloat16" (auto / float16 stay float32 there)
     amp_dtype: AmpDtype = "auto"  # auto: bfloat16 where supported, else float16 with a grad scaler
+    channels_last: bool = False  # same math, channels_last layout (docs/benchmarks.md: the measured gain)
+    activation_checkpointing: bool = False  # same math, less memory: the backbone's blocks recomputed in backward
+    activation_checkpointing_max_level: int | None = None  # only the blocks at this level or finer (None: all)
     # run
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int | None = None  # CPU threads per process (None: torch's default)
@@ -110,7 +113,8 @@ class TrainConfig:
         for name in ("num_workers", "warmup_steps", "checkpoint_interval", "eval_interval", "seed"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 fail(name, "must be a non-negative integer")
-        for name in ("max_steps", "stop_at_step", "eval_max_images", "num_threads"):
+        for name in ("max_steps", "stop_at_step", "eval_max_images", "num_threads",
+                     "activation_checkpointing_max_level"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 fail(name, "must be a positive integer or null")

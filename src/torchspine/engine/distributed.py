@@ -119,12 +119,15 @@ def convert_batchnorm(model: nn.Module, *, device: torch.device, world_size: int
     return _swap_bn(model)
 
 
-def wrap_for_training(model: nn.Module, *, device: torch.device, info: DistInfo,
-                      sync_bn: str = "auto") -> tuple[nn.Module, nn.Module]:
+def wrap_for_training(model: nn.Module, *, device: torch.device, info: DistInfo, sync_bn: str = "auto",
+                      channels_last: bool = False) -> tuple[nn.Module, nn.Module]:
     """``(model, train_model)``: the model with cross-process BN (:func:`convert_batchnorm`) on
-    ``device``, and the module to train: ``DistributedDataParallel`` around it when distributed,
-    else the model itself."""
+    ``device`` (in channels_last when asked: before DDP, which registers the parameters' layout),
+    and the module to train: ``DistributedDataParallel`` around it when distributed, else the
+    model itself."""
     model = convert_batchnorm(model, device=device, world_size=info.world_size, mode=sync_bn).to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     train_model: nn.Module = model
     if info.distributed:
         train_model = nn.parallel.DistributedDataParallel(

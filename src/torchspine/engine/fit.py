@@ -49,6 +49,10 @@ class FitOptions:
     ema_decay: float = 0.0
     amp: bool = False
     amp_dtype: str = "auto"
+    # Same-math speed / memory options (docs/benchmarks.md has the measurements):
+    channels_last: bool = False  # weights, optimizer state and 4-D batches in channels_last
+    activation_checkpointing: bool = False  # recompute the backbone's scale-permuted blocks in the backward
+    activation_checkpointing_max_level: int | None = None  # only blocks at this level or finer (None: all)
     resume: bool = False
     checkpoint_interval: int = 0
     eval_interval: int = 0
@@ -74,9 +78,13 @@ class FitResult:
 
 
 def amp_dtype_for(device: torch.device, amp: bool, name: str = "auto") -> torch.dtype | None:
-    """The autocast dtype: ``None`` off the GPU or when disabled; ``auto`` prefers bf16."""
-    if not amp or device.type != "cuda":
+    """The autocast dtype, ``None`` when disabled. On CUDA ``auto`` prefers bf16 (else fp16 with
+    a grad scaler); on the CPU autocast runs only when bfloat16 is asked for by name (``auto``
+    and ``float16`` leave a CPU run in float32, as the recipes' ``amp: true`` always did)."""
+    if not amp:
         return None
+    if device.type != "cuda":
+        return torch.bfloat16 if device.type == "cpu" and name == "bfloat16" else None
     if name == "float16":
         return torch.float16
     if name == "bfloat16":
@@ -94,6 +102,14 @@ def fit(*, model: nn.Module, train_model: nn.Module, loss_fn: Callable[[nn.Modul
     ``evaluate(eval_model, step)`` scores the EMA weights when there are any, else ``model``.
     """
     out = Path(opts.output_dir)
+    if opts.channels_last:  # before the optimizer, the EMA copy and the resume: their state follows the layout
+        model.to(memory_format=torch.channels_last)
+    if opts.activation_checkpointing:
+        from torchspine.models.backbone import set_activation_checkpointing
+
+        if not set_activation_checkpointing(model, max_level=opts.activation_checkpointing_max_level):
+            raise ValueError(f"activation_checkpointing: {type(model).__name__} has no SpineNet backbone to "
+                             "checkpoint")
     optimizer = build_optimizer(model, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
     scheduler = build_scheduler(optimizer, total_steps=opts.total_steps,
                                 warmup_steps=min(opts.warmup_steps, opts.total_steps),
@@ -109,7 +125,10 @@ def fit(*, model: nn.Module, train_model: nn.Module, loss_fn: Callable[[nn.Modul
                                     world_size=opts.world_size, shuffle=opts.shuffle)
     trainer = Trainer(train_model, loss_fn, None, optimizer, scheduler=scheduler, device=opts.device,
                       amp_dtype=amp_dtype, scaler=scaler, grad_clip_norm=opts.grad_clip_norm, ema=ema,
-                      checkpoint_path=ckpt)
+                      checkpoint_path=ckpt, channels_last=opts.channels_last)
+    if amp_dtype is not None or opts.channels_last or opts.activation_checkpointing:
+        logger.info("training options: autocast %s, channels_last %s, activation checkpointing %s",
+                    amp_dtype, opts.channels_last, opts.activation_checkpointing)
     eval_model = ema.module if ema is not None else model
     log = LogHook(opts.log_interval, total_steps=opts.total_steps, batch_size=opts.batch_size,
                   progress=opts.progress, tensorboard_dir=out / "tb" if opts.tensorboard else None, on_step=on_step)

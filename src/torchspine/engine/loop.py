@@ -243,6 +243,17 @@ class TrainerBase:
                 h.load_state_dict(states[h.name])
 
 
+def _to_channels_last(batch: Any) -> Any:
+    """``batch`` with every 4-D tensor in channels_last (lists, tuples and dicts walked)."""
+    if torch.is_tensor(batch):
+        return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
+    if isinstance(batch, dict):
+        return {k: _to_channels_last(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(_to_channels_last(v) for v in batch)
+    return batch
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -259,18 +270,24 @@ class Trainer(TrainerBase):
         amp_dtype: ``torch.float16`` (with ``scaler``), ``torch.bfloat16`` or ``None`` (off).
         ema: an ``AveragedModel`` updated after every optimizer step.
         checkpoint_path: named by :class:`NonFiniteLossError`.
+        channels_last: move the batch's 4-D tensors to channels_last before the forward (the
+            model's weights are converted by :func:`torchspine.engine.fit.fit`; a detector's
+            list of 3-D images is batched inside the model, where the channels_last weights
+            of the first convolution carry the layout on).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Any,
                  optimizer: torch.optim.Optimizer, *, scheduler: Any, device: torch.device,
                  amp_dtype: torch.dtype | None = None, scaler: Any = None, grad_clip_norm: float = 0.0,
-                 ema: nn.Module | None = None, checkpoint_path: Path | None = None) -> None:
+                 ema: nn.Module | None = None, checkpoint_path: Path | None = None,
+                 channels_last: bool = False) -> None:
         super().__init__()
         self.model, self.loss_fn, self.data, self.optimizer = model, loss_fn, data, optimizer
         self.scheduler, self.device, self.amp_dtype, self.ema = scheduler, device, amp_dtype, ema
         self.scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
         self.grad_clip_norm = grad_clip_norm
         self.checkpoint_path = checkpoint_path
+        self.channels_last = channels_last
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.last: dict[str, float] = {}
         self._iterator: Iterator | None = None
@@ -304,6 +321,8 @@ class Trainer(TrainerBase):
                          "seconds": time.perf_counter() - t0}
             return
         self.model.train()
+        if self.channels_last:
+            batch = _to_channels_last(batch)
         with sample_noise(seeds), torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                                  enabled=self.amp_dtype is not None):
             losses = self.loss_fn(self.model, batch)

@@ -182,7 +182,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, out: Path, mo
     backbone = find_backbone(model)
     max_level = backbone.spec.max_level if backbone is not None else 7  # 7: the ResNet-FPN baseline's P7
     check_batch_size(cfg.batch_size // info.world_size, cfg.image_size, max_level=max_level)  # before BatchNorm fails deep inside
-    model, train_model = wrap_for_training(model, device=device, info=info, sync_bn=cfg.sync_bn)
+    model, train_model = wrap_for_training(model, device=device, info=info, sync_bn=cfg.sync_bn,
+                                           channels_last=cfg.channels_last)
     if info.distributed and globalize_loss_normalizer(model):
         logger.info("loss normalised by the positives of the global batch (DDP == one process)")
 
@@ -204,7 +205,9 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, out: Path, mo
         momentum=cfg.momentum, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
         warmup_init_factor=cfg.warmup_init_lr / cfg.lr, schedule=cfg.schedule, decay_steps=decay_steps,
         decay_factor=cfg.decay_factor, min_lr_ratio=cfg.min_lr_ratio, grad_clip_norm=cfg.grad_clip_norm,
-        ema_decay=cfg.ema_decay, amp=cfg.amp, amp_dtype=cfg.amp_dtype, resume=cfg.resume,
+        ema_decay=cfg.ema_decay, amp=cfg.amp, amp_dtype=cfg.amp_dtype, channels_last=cfg.channels_last,
+        activation_checkpointing=cfg.activation_checkpointing,
+        activation_checkpointing_max_level=cfg.activation_checkpointing_max_level, resume=cfg.resume,
         checkpoint_interval=cfg.checkpoint_interval, eval_interval=cfg.eval_interval,
         log_interval=cfg.log_interval, tensorboard=cfg.tensorboard, progress=cfg.progress,
         stop_at_step=cfg.stop_at_step)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DropBlock", "DropPath", "add_dropblock", "mix_seed", "sample_noise"]
+__all__ = ["DropBlock", "DropPath", "add_dropblock", "mix_seed", "noise_position", "replay_noise", "sample_noise"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -68,6 +68,27 @@ def sample_noise(seeds: Sequence[int] | torch.Tensor | None) -> Iterator[None]:
     previous = (_STATE.seeds, _STATE.calls)
     _STATE.seeds = None if seeds is None else [int(s) for s in (seeds.tolist() if torch.is_tensor(seeds) else seeds)]
     _STATE.calls = 0
+    try:
+        yield
+    finally:
+        _STATE.seeds, _STATE.calls = previous
+
+
+def noise_position() -> tuple[tuple[int, ...] | None, int]:
+    """Where the sample-keyed noise stands now: ``(seeds, calls so far)``. Activation
+    checkpointing records it before a checkpointed forward and replays from it
+    (:func:`replay_noise`), so the recomputation draws the very same masks."""
+    return (None if _STATE.seeds is None else tuple(_STATE.seeds)), _STATE.calls
+
+
+@contextlib.contextmanager
+def replay_noise(position: tuple[tuple[int, ...] | None, int]) -> Iterator[None]:
+    """Draw sample-keyed noise from ``position`` (a :func:`noise_position`) inside the context,
+    and restore the state outside it (the recomputation runs during the backward pass, outside
+    the trainer's :func:`sample_noise`)."""
+    previous = (_STATE.seeds, _STATE.calls)
+    seeds, calls = position
+    _STATE.seeds, _STATE.calls = (None if seeds is None else list(seeds)), calls
     try:
         yield
     finally:

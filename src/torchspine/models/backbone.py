@@ -12,20 +12,24 @@ map has size ``ceil(H / 2**l) x ceil(W / 2**l)``.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from torchspine.layers.blocks import BLOCK_REGISTRY
 from torchspine.layers.conv import ConvNormAct, MaxPool2dSame, create_act, init_conv_
+from torchspine.layers.dropout import noise_position, replay_noise
 from torchspine.layers.resample import ResampleWithAlpha, level_size
 from torchspine.specs.spec import SpineNetSpec
 
 __all__ = ["FeatureInfo", "SpineNet", "Stem", "STEM_BUILDERS", "RESAMPLE_BUILDERS", "find_backbone", "named_backbone",
-           "register_resample", "register_stem", "zero_outdegree_extras"]
+           "register_resample", "register_stem", "set_activation_checkpointing", "zero_outdegree_extras"]
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,20 @@ class ScalePermutedBlock(nn.Module):
                                   drop_path_rate=spec.drop_path_rate(index))
         self.info = FeatureInfo(b.level, family.out_channels(filters), b.block_type)
 
+    def checkpointed(self, feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """:meth:`forward` under activation checkpointing (``torch.utils.checkpoint``,
+        non-reentrant): only the block's inputs and output are kept, its inside is recomputed
+        in the backward pass. The recomputation is the same function: the same batch
+        statistics in BatchNorm but no second update of the running statistics, the same
+        stochastic-depth / DropBlock masks (sample-keyed noise replayed from its position;
+        global-RNG noise by the checkpoint's RNG-state replay), the same autocast state."""
+        position = noise_position()
+
+        def contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+            return contextlib.nullcontext(), _recompute_context(self, position)
+
+        return torch.utils.checkpoint.checkpoint(self, feats, size, use_reentrant=False, context_fn=contexts)
+
     def forward(self, feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         x = self.resample[0](feats[self.parents[0]], size)
         for resample, p in zip(self.resample[1:], self.parents[1:]):  # one parent in graph-damage ablations
@@ -191,6 +209,47 @@ class ScalePermutedBlock(nn.Module):
         for j in self.extras:
             x += feats[j]
         return self.group(self.merge_act(x))
+
+
+@contextlib.contextmanager
+def _recompute_context(block: nn.Module, position: tuple[tuple[int, ...] | None, int]) -> Iterator[None]:
+    """The recomputation of a checkpointed block: BatchNorm layers in training mode normalise
+    with the batch statistics as before but leave their running statistics alone (momentum 0
+    for the duration: ``running * 1 + 0 * batch`` is ``running`` bit for bit; the layer still
+    saves the same tensors for its backward, which the checkpoint checks), and
+    ``num_batches_tracked`` is put back; the sample-keyed noise restarts where the first
+    forward drew it."""
+    norms = [(m, m.momentum, int(m.num_batches_tracked)) for m in block.modules()
+             if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    for m, _, _ in norms:
+        m.momentum = 0.0
+    try:
+        with replay_noise(position):
+            yield
+    finally:
+        for m, momentum, tracked in norms:
+            m.momentum = momentum
+            m.num_batches_tracked.fill_(tracked)
+
+
+def set_activation_checkpointing(model: nn.Module, enabled: bool = True, max_level: int | None = None) -> int:
+    """Turn activation checkpointing of the scale-permuted blocks on or off in every SpineNet
+    inside ``model``; returns how many backbones were set. ``max_level``: only the blocks at
+    that level or finer (their maps hold most of the activation memory: a level-2 block keeps
+    4x the values of a level-3 one at half the width, while the compute per block varies less
+    across levels), ``None`` for all. It applies to training forwards with gradients only and
+    changes no result (see :meth:`ScalePermutedBlock.checkpointed`): less memory for one more
+    forward pass of the checkpointed blocks."""
+    if max_level is not None and (not isinstance(max_level, int) or isinstance(max_level, bool)):
+        raise ValueError(f"set_activation_checkpointing: max_level must be an integer level or None, "
+                         f"got {max_level!r}")
+    count = 0
+    for m in model.modules():
+        if isinstance(m, SpineNet):
+            m.activation_checkpointing = bool(enabled)
+            m.activation_checkpointing_max_level = max_level
+            count += 1
+    return count
 
 
 class SpineNet(nn.Module):
@@ -205,6 +264,8 @@ class SpineNet(nn.Module):
     """
 
     size_divisibility = 1
+    activation_checkpointing = False  # set_activation_checkpointing
+    activation_checkpointing_max_level: int | None = None
 
     def __init__(self, spec: SpineNetSpec) -> None:
         super().__init__()
@@ -278,8 +339,14 @@ class SpineNet(nn.Module):
             raise ValueError(f"SpineNet expects a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
         height, width = x.shape[-2], x.shape[-1]
         feats = self.stem(x)
+        checkpoint = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        top = self.activation_checkpointing_max_level
         for block in self.blocks:
-            feats.append(block(feats, level_size(height, width, block.level)))
+            size = level_size(height, width, block.level)
+            if checkpoint and (top is None or block.level <= top):
+                feats.append(block.checkpointed(feats, size))
+            else:
+                feats.append(block(feats, size))
         return feats
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
