@@ -102,6 +102,9 @@ def describe_error(e: BaseException) -> str:
         if e.errno == errno.ENOSPC:
             return f"no space left on device while writing {e.filename}"
         return f"{e.filename}: {(e.strerror or str(e)).lower()}"
+    if isinstance(e, OSError) and e.errno is not None and e.strerror:
+        # OSError(code, message) raised by torchspine itself: the message, without "[Errno N]"
+        return e.strerror
     if _state_dict_mismatch(e):
         lines = str(e).splitlines()
         detail = " ".join(line.strip() for line in lines[1:3])
