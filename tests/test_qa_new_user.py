@@ -39,7 +39,8 @@ def saved_detector(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
     model = torchspine.create_model("retinanet_spinenet49s", num_classes=2, image_size=64, **TINY)
     torchspine.save_model(model, run / "model.safetensors",
-                          info={"task": "detector", "num_classes": 2, "label_names": ["a", "b"], "image_size": 64})
+                          info={"task": "detector", "num_classes": 2, "label_names": ["a", "b"], "category_ids": [1, 2],
+                                "image_size": 64})
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(run / "curves.png")  # like a real run folder
     return run
 
@@ -87,6 +88,24 @@ def test_predict_bad_tile_refused_before_the_model_is_built(tmp_path, capsys, mo
     img = _image(tmp_path / "a.jpg")
     rc, text = run_cli(["predict", img, "--tile", tile, "--overlap", overlap, "--out", tmp_path / "o"], capsys)
     assert rc == 2 and f"--tile {tile}" in text and words in text, text
+
+
+# ------------------------------------------------------------------------------------------ eval
+def test_eval_warns_when_the_annotation_file_names_other_classes(tmp_path, capsys, saved_detector):
+    # Before: a model of classes a, b scored against a file whose category 1 is "tree", silently.
+    _image(tmp_path / "x.png", 64, 64)
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "x.png", "width": 64, "height": 64}],
+                               "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20],
+                                                "area": 400, "iscrowd": 0}],
+                               "categories": [{"id": 1, "name": "tree"}, {"id": 2, "name": "b"}]}))
+    argv = ["eval", "--weights", saved_detector / "model.safetensors", "--ann", ann, "--images", tmp_path,
+            "--json", tmp_path / "e.json"]
+    rc, text = run_cli(argv, capsys)
+    assert rc == 0 and "class names differ" in text and "id 1: 'a' vs 'tree'" in text and "id 2" not in text, text
+    ann.write_text(ann.read_text().replace('"tree"', '"a"'))
+    rc, text = run_cli(argv, capsys)
+    assert rc == 0 and "class names differ" not in text, text
 
 
 # ---------------------------------------------------------------------------------------- export
