@@ -254,3 +254,28 @@ def test_a_bad_tarball_leaves_no_digest_that_would_refuse_the_good_one(tmp_path,
     import hashlib
 
     assert hub._recorded(entry.archive)["sha256"] == hashlib.sha256(good).hexdigest()
+
+
+def test_dataloader_worker_error_is_one_line():
+    # Before: with workers, `classify train` printed torch's "Caught ValueError in DataLoader worker
+    # process 0. Original Traceback (most recent call last): ..." (the whole worker traceback).
+    from torch._utils import ExceptionWrapper
+
+    try:
+        raise ValueError("image a/trunc.jpg: cannot be decoded (image file is truncated)")
+    except ValueError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(ValueError) as info:
+        wrapped.reraise()
+    assert describe_error(info.value) == "image a/trunc.jpg: cannot be decoded (image file is truncated)"
+
+
+def test_classify_with_one_class_is_refused(tmp_path, capsys):
+    # Before: trained "1 classes" (a cross-entropy that is always 0) and reported top-1 100%.
+    for split in ("train", "val"):
+        (tmp_path / "data" / split / "only").mkdir(parents=True)
+        for i in range(2):
+            _image(tmp_path / "data" / split / "only" / f"{i}.png", 32, 32)
+    rc, text = run_cli(["classify", "train", "--data", tmp_path / "data", "--image-size", 32, "--batch-size", 2,
+                        "--epochs", 1, "--out", tmp_path / "run", "--set", "filter_size_scale=0.25"], capsys)
+    assert rc == 2 and "1 class folder(s) ['only']" in text and "at least 2" in text, text

@@ -110,6 +110,12 @@ def describe_error(e: BaseException) -> str:
         detail = " ".join(line.strip() for line in lines[1:3])
         return f"the weights do not fit this model ({lines[0].rstrip(':')}: {detail[:300]})"
     text = str(e) or type(e).__name__
+    if text.startswith("Caught ") and "DataLoader worker" in text.splitlines()[0]:
+        # torch re-raises a worker's error with the worker's whole traceback as its message:
+        # keep the original error's last line ("ValueError: image x.jpg: cannot be decoded ...")
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        prefix = f"{type(e).__name__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last
     if isinstance(e, (ValueError, OSError)):
         return text
     return f"{type(e).__name__}: {text.splitlines()[0][:500]}"
