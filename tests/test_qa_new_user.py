@@ -279,3 +279,28 @@ def test_classify_with_one_class_is_refused(tmp_path, capsys):
     rc, text = run_cli(["classify", "train", "--data", tmp_path / "data", "--image-size", 32, "--batch-size", 2,
                         "--epochs", 1, "--out", tmp_path / "run", "--set", "filter_size_scale=0.25"], capsys)
     assert rc == 2 and "1 class folder(s) ['only']" in text and "at least 2" in text, text
+
+
+def test_classifier_weights_initialise_a_detectors_backbone(tmp_path):
+    # Before: `train --weights CLASSIFIER` switched the run's model to the classifier and stopped
+    # ("is a classifier, not a detector"): ImageNet-style pretraining was impossible.
+    from torchspine.engine.config import load_config
+    from torchspine.engine.finetune import finetune_config, init_from_pretrained
+
+    torch.manual_seed(0)
+    clf = torchspine.create_model("spinenet49s_cls", num_classes=3, filter_size_scale=0.25)
+    path = torchspine.save_model(clf, tmp_path / "clf.safetensors",
+                                 info={"task": "classification", "num_classes": 3, "label_names": ["a", "b", "c"]})
+    cfg = finetune_config(load_config("demo_synth", weights=str(path)))
+    assert cfg.model == "retinanet_spinenet49s"  # the detector stays the configured one
+    assert cfg.model_overrides["filter_size_scale"] == 0.25 and "num_classes" not in cfg.model_overrides
+    det = torchspine.create_model(cfg.model, num_classes=4, **cfg.model_overrides)
+    report = init_from_pretrained(det, path)
+    ours, theirs = det.state_dict(), clf.state_dict()
+    stem = "backbone.stem.conv.conv.weight"
+    assert torch.equal(ours[stem], theirs[stem])  # the backbone is the classifier's
+    # the recipe's endpoints are 64 wide, the classifier's 256: those start fresh, as does the head
+    assert ours["backbone.endpoints.p3.conv.weight"].shape[0] == 64
+    assert "backbone.endpoints.p3.conv.weight" in report.fresh
+    assert not any(k.startswith("head.") for k in theirs) and report.copied == sum(
+        1 for k in theirs if k in ours and k not in report.fresh)
