@@ -304,3 +304,20 @@ def test_classifier_weights_initialise_a_detectors_backbone(tmp_path):
     assert "backbone.endpoints.p3.conv.weight" in report.fresh
     assert not any(k.startswith("head.") for k in theirs) and report.copied == sum(
         1 for k in theirs if k in ours and k not in report.fresh)
+
+
+@pytest.mark.parametrize("model, overrides, words", [
+    ("nope_model", "{}", "unknown model 'nope_model'"),
+    ("spinenet49", '{"bogus": 1}', "unknown spec field 'bogus'"),
+    ("spinenet49", "[1]", "'overrides' is not a JSON object"),
+])
+def test_load_model_names_the_file_whose_metadata_does_not_build(tmp_path, model, overrides, words):
+    # Before: "unknown model 'nope_model'" without the file; "[1]" ended in a TypeError.
+    from safetensors.torch import save_file
+
+    path = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(3)}, str(path),
+              metadata={"format": "torchspine.model/1", "model": model, "overrides": overrides, "info": "{}"})
+    with pytest.raises(ValueError) as info:
+        torchspine.load_model(path)
+    assert str(path) in str(info.value) and words in str(info.value)

@@ -200,9 +200,16 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     from torchspine.models.registry import create_model
 
     meta = read_model_metadata(path)
+    if not isinstance(meta["overrides"], dict):
+        raise ValueError(f"{meta['path']}: damaged metadata: 'overrides' is not a JSON object "
+                         f"({meta['overrides']!r:.100})")
     settings = {**meta["overrides"], **(overrides or {})}
-    with torch.device("meta"):
-        model = create_model(meta["model"], **settings)
+    try:
+        with torch.device("meta"):
+            model = create_model(meta["model"], **settings)
+    except (ValueError, TypeError) as e:  # a file of another version or a foreign writer: name the file
+        raise ValueError(f"{meta['path']}: its metadata (model {meta['model']!r}, settings {settings}) does not "
+                         f"build a model: {e}") from e
     state = load_file(meta["path"], device=str(device))
     own = model.state_dict()
     bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
