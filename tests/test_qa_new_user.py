@@ -321,3 +321,18 @@ def test_load_model_names_the_file_whose_metadata_does_not_build(tmp_path, model
     with pytest.raises(ValueError) as info:
         torchspine.load_model(path)
     assert str(path) in str(info.value) and words in str(info.value)
+
+
+def test_predict_checks_inputs_and_ann_before_building_the_model(tmp_path, capsys, monkeypatch):
+    import torchspine.cli.predict as cli_predict
+
+    def no_model(args):
+        raise AssertionError("model built before the inputs were checked")
+
+    monkeypatch.setattr(cli_predict, "load_detector", no_model)
+    img = _image(tmp_path / "a.jpg")
+    rc, text = run_cli(["predict", img, "--ann", tmp_path / "nothere.json", "--out", tmp_path / "o"], capsys)
+    assert rc == 2 and "nothere.json" in text and "not found" in text, text
+    (tmp_path / "empty").mkdir()
+    rc, text = run_cli(["predict", tmp_path / "empty", "--out", tmp_path / "o"], capsys)
+    assert rc == 2 and "no images found" in text, text

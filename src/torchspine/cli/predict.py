@@ -189,6 +189,11 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise ValueError(f"--tile {args.tile} --overlap {args.overlap}: {e}") from None
     _take_model_from_inputs(args)
+    # inputs and --ann first: a wrong path should not wait for the model to be built
+    files = find_images(args.inputs)
+    if not files:
+        raise ValueError(f"no images found in {args.inputs}")
+    ids = _image_ids(args.ann, files)
     model, names, category_id = load_detector(args)
     if not hasattr(model, "transform") or not (hasattr(model, "roi_heads") or hasattr(model, "head")):
         raise ValueError(f"{args.model or args.weights!r} is not a detector (try retinanet_spinenet49 or a "
@@ -199,10 +204,6 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    files = find_images(args.inputs)
-    if not files:
-        raise ValueError(f"no images found in {args.inputs}")
-    ids = _image_ids(args.ann, files)
     results: list[dict] = []
     images_meta: list[dict] = []
     failed = 0
