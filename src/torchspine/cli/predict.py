@@ -4,7 +4,8 @@ them in COCO result format.
 ``--weights`` takes a run folder (``torchspine train --out``), a saved model file or a
 weights file: a run or saved model brings its model, settings, image size, classes and label
 names, so nothing has to be repeated (a flag that changes the trained image size is warned
-about). ``--tile SIZE`` cuts large images into overlapping tiles, predicts each at the model's
+about). Without ``--weights``, a run folder or ``.safetensors`` file given as the first input is
+the model (``torchspine predict RUN img.jpg``, like ``torchspine eval RUN``). ``--tile SIZE`` cuts large images into overlapping tiles, predicts each at the model's
 size and merges the boxes (torchspine.data.tiling).
 
 Writes, under ``--out``: one drawn image per input (``<name>.png``; ``<name>_<i>.png`` when
