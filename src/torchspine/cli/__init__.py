@@ -102,11 +102,20 @@ def describe_error(e: BaseException) -> str:
         if e.errno == errno.ENOSPC:
             return f"no space left on device while writing {e.filename}"
         return f"{e.filename}: {(e.strerror or str(e)).lower()}"
+    if isinstance(e, OSError) and e.errno is not None and e.strerror:
+        # OSError(code, message) raised by torchspine itself: the message, without "[Errno N]"
+        return e.strerror
     if _state_dict_mismatch(e):
         lines = str(e).splitlines()
         detail = " ".join(line.strip() for line in lines[1:3])
         return f"the weights do not fit this model ({lines[0].rstrip(':')}: {detail[:300]})"
     text = str(e) or type(e).__name__
+    if text.startswith("Caught ") and "DataLoader worker" in text.splitlines()[0]:
+        # torch re-raises a worker's error with the worker's whole traceback as its message:
+        # keep the original error's last line ("ValueError: image x.jpg: cannot be decoded ...")
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        prefix = f"{type(e).__name__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last
     if isinstance(e, (ValueError, OSError)):
         return text
     return f"{type(e).__name__}: {text.splitlines()[0][:500]}"

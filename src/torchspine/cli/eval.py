@@ -29,6 +29,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_task_arguments(p)  # --task classify --data DIR: top-1 / top-5 via torchspine.cli.classify
 
 
+def _warn_other_classes(info: dict, dataset, ann: str) -> None:
+    """Same category ids, other names (a model evaluated on another dataset's file): the AP
+    would silently score circles as trees."""
+    names, ids = info.get("label_names"), info.get("category_ids")
+    if not names or not ids or len(names) != len(ids):
+        return
+    theirs = dataset.category_names
+    diff = [f"id {cid}: {n!r} vs {theirs[cid]!r}" for cid, n in zip(ids, names)
+            if cid in theirs and str(theirs[cid]) != str(n)]
+    if diff:
+        print(f"torchspine eval: warning: the model's class names differ from the categories of {ann} "
+              f"({'; '.join(diff[:5])}{'; ...' if len(diff) > 5 else ''}): was it trained on this dataset?",
+              file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "task", "detect") == "classify":
         from torchspine.cli.classify import run_eval_task
@@ -73,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         category_ids = trained.info.get("category_ids")
         with_masks = model_info(name).task == "instance_segmentation"
         dataset = CocoDetection(ann, images, with_masks=with_masks, category_ids=category_ids)
+        _warn_other_classes(trained.info, dataset, ann)
     else:
         from torchspine.engine.build import build_model
 

@@ -12,6 +12,8 @@ from torchspine.cli.common import (MIN_IMAGE_SIZE, add_set_argument, int_at_leas
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", nargs="?", default=None, metavar="RUN_OR_FILE",
+                   help="a training run folder or saved model file: the same as --weights RUN_OR_FILE")
     p.add_argument("--model", default=None,
                    help="model name: a backbone (spinenet49), classifier (spinenet49_cls) or detector "
                         "(retinanet_spinenet49); not needed with a run folder or saved model as --weights")
@@ -76,12 +78,21 @@ def run(args: argparse.Namespace) -> int:
 
     from torchspine.interop.onnx import export_onnx, model_kind, verify_onnx
 
+    if args.source is not None:  # `torchspine export RUN --out m.onnx`, like `torchspine eval RUN`
+        if args.weights is not None and args.weights != args.source:
+            raise ValueError(f"two models given: {args.source} and --weights {args.weights}; give one")
+        args.weights = args.source
     if args.int8 and not args.calibrate:
         raise ValueError("--int8 needs --calibrate DIR (a folder of representative images)")
     if args.calibrate and not args.int8:
         raise ValueError("--calibrate is for --int8 exports")
     if args.int8 and not os.path.isdir(args.calibrate):
         raise FileNotFoundError(f"--calibrate {args.calibrate}: no such folder")
+    if args.int8:  # before the (slow) float export, not after it
+        from torchspine.data.images import find_images
+
+        if not find_images([args.calibrate]):
+            raise ValueError(f"--calibrate {args.calibrate}: no image files (.jpg, .png, ...) in the folder")
     model = _load_model(args)
     trained = getattr(args, "trained_image_size", None)
     if args.size is None:

@@ -4,7 +4,8 @@ them in COCO result format.
 ``--weights`` takes a run folder (``torchspine train --out``), a saved model file or a
 weights file: a run or saved model brings its model, settings, image size, classes and label
 names, so nothing has to be repeated (a flag that changes the trained image size is warned
-about). ``--tile SIZE`` cuts large images into overlapping tiles, predicts each at the model's
+about). Without ``--weights``, a run folder or ``.safetensors`` file given as the first input is
+the model (``torchspine predict RUN img.jpg``, like ``torchspine eval RUN``). ``--tile SIZE`` cuts large images into overlapping tiles, predicts each at the model's
 size and merges the boxes (torchspine.data.tiling).
 
 Writes, under ``--out``: one drawn image per input (``<name>.png``; ``<name>_<i>.png`` when
@@ -139,11 +140,46 @@ def _image_ids(ann: str | None, files: list[Path]) -> dict[Path, int]:
     return {f: by_name[f.name] for f in files}
 
 
+def _is_run_or_model(p: Path) -> bool:
+    return (p.is_dir() and (p / "model.safetensors").is_file()) or (p.is_file() and p.suffix == ".safetensors")
+
+
+def _take_model_from_inputs(args: argparse.Namespace) -> None:
+    """``predict RUN IMAGES``: a run folder or saved model given first, without ``--weights``, is
+    the model (otherwise its curves.png would be "predicted" by a random model). A run folder or
+    model file anywhere else among the inputs is an error naming it."""
+    first = Path(args.inputs[0])
+    if not args.weights and _is_run_or_model(first):
+        args.weights = args.inputs[0]
+        args.inputs = list(args.inputs[1:])
+        print(f"torchspine predict: using {first} as the model (same as --weights {first})", file=sys.stderr)
+        if not args.inputs:
+            raise ValueError(f"no images given after the model {first}: torchspine predict --weights {first} "
+                             "IMAGES --out OUT")
+    for item in args.inputs:
+        if _is_run_or_model(Path(item)):
+            raise ValueError(f"input {item} is a training run folder or saved model, not an image: give it as "
+                             f"--weights {item}")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.image_size is not None and args.image_size < 32:
         raise ValueError(f"--image-size must be >= 32, got {args.image_size}")
+    if args.tile is not None:  # before the model is built: --tile 0 must not mean "no tiling"
+        from torchspine.data.tiling import _check_tiling
+
+        try:
+            _check_tiling(args.tile, args.overlap)
+        except ValueError as e:
+            raise ValueError(f"--tile {args.tile} --overlap {args.overlap}: {e}") from None
+    _take_model_from_inputs(args)
+    # inputs and --ann first: a wrong path should not wait for the model to be built
+    files = find_images(args.inputs)
+    if not files:
+        raise ValueError(f"no images found in {args.inputs}")
+    ids = _image_ids(args.ann, files)
     model, names, category_id = load_detector(args)
     if not hasattr(model, "transform") or not (hasattr(model, "roi_heads") or hasattr(model, "head")):
         raise ValueError(f"{args.model or args.weights!r} is not a detector (try retinanet_spinenet49 or a "
@@ -154,10 +190,6 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    files = find_images(args.inputs)
-    if not files:
-        raise ValueError(f"no images found in {args.inputs}")
-    ids = _image_ids(args.ann, files)
     results: list[dict] = []
     images_meta: list[dict] = []
     failed = 0

@@ -89,7 +89,21 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         over["amp_dtype"] = "bfloat16"
     if getattr(args, "no_progress", False):
         over["progress"] = False
-    over.update(parse_set(getattr(args, "sets", [])))
+    sets = parse_set(getattr(args, "sets", []))
+    from dataclasses import fields
+
+    from torchspine.engine.config import TrainConfig
+
+    known = {f.name for f in fields(TrainConfig)}
+    for key in sets:
+        if key not in known:  # else the error would blame the recipe file for a command-line value
+            import difflib
+
+            close = difflib.get_close_matches(key, known, n=1)
+            raise ValueError(f"--set {key}=...: {key!r} is not a training config field"
+                             + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + "; a model keyword goes in --set 'model_overrides={\"" + key + "\": ...}'")
+    over.update(sets)
     return over
 
 

@@ -77,12 +77,12 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the file header (no decoding)."""
+def _image_size(path: Path, where: str | None = None) -> tuple[int, int]:
+    """``(width, height)`` from the file header (no decoding); ``where`` names the record citing it."""
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise FileNotFoundError((f"{where}: " if where else "") + f"image file not found: {path}")
     try:
         with Image.open(path) as im:
             return int(im.width), int(im.height)
@@ -159,7 +159,7 @@ def import_voc(ann: str | os.PathLike, image_dir: str | os.PathLike, *, classes:
             w = int(_number(size.findtext("width"), where=f"VOC file {path}", field="size/width"))
             h = int(_number(size.findtext("height"), where=f"VOC file {path}", field="size/height"))
         if not w or not h:  # some tools write 0 or leave it out: read the image header
-            w, h = _image_size(image_dir / fname)
+            w, h = _image_size(image_dir / fname, f"VOC file {path}")
         sizes[fname] = (w, h)
         for j, obj in enumerate(root.iter("object")):
             where = f"VOC file {path}, object {j + 1}"
@@ -222,6 +222,12 @@ def import_yolo(label_dir: str | os.PathLike, image_dir: str | os.PathLike, *,
                 raise ValueError(f"{where}: class {parts[0]!r} is not an index into the {len(classes)} classes "
                                  f"{classes}")
             cx, cy, bw, bh = (_number(v, where=where, field=f) for v, f in zip(parts[1:], ("cx", "cy", "w", "h")))
+            # YOLO coordinates are fractions of the image: a value outside [0, 1] (or NaN) is a broken
+            # line (pixels written as fractions, a wrong image), not a box to clip
+            bad = [f"{f}={v}" for f, v in zip(("cx", "cy", "w", "h"), (cx, cy, bw, bh)) if not 0.0 <= v <= 1.0]
+            if bad:
+                raise ValueError(f"{where}: {', '.join(bad)} outside [0, 1] (YOLO coordinates are fractions of the "
+                                 f"image width and height): {line.strip()!r}")
             boxes.append(_Box(img.name, classes[int(c)], (cx - bw / 2) * w, (cy - bh / 2) * h,
                               (cx + bw / 2) * w, (cy + bh / 2) * h))
     return _build(boxes, sizes, classes=classes, image_dir=image_dir, source=str(label_dir))
@@ -274,7 +280,7 @@ def import_csv(csv_file: str | os.PathLike, image_dir: str | os.PathLike, *,
         if not fname:
             raise ValueError(f"{where}: empty image file name")
         if fname not in sizes:
-            sizes[fname] = _image_size(image_dir / fname)
+            sizes[fname] = _image_size(image_dir / fname, where)
         coords = [row[cols[k]].strip() for k in ("x1", "y1", "x2", "y2")]
         label = row[cols["label"]].strip()
         if not any(coords) and not label:

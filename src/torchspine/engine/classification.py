@@ -205,6 +205,10 @@ def _train_classifier(cfg: ClassifyConfig, info: Any, device: torch.device, out:
     if train_set.classes != val_set.classes:
         raise ValueError(f"classification data {cfg.data!r}: train classes {train_set.classes} differ from "
                          f"val classes {val_set.classes}")
+    if len(train_set.classes) < 2:  # cross-entropy over one class is 0 whatever the weights: nothing is learnt
+        raise ValueError(f"classification data {cfg.data!r}: {len(train_set.classes)} class folder(s) "
+                         f"{train_set.classes} in {cfg.data}/train; a classifier needs at least 2 "
+                         f"({cfg.data}/train/<class>/<image>)")
     if cfg.batch_size % info.world_size:
         raise ValueError(f"classify config: batch_size={cfg.batch_size} must be divisible by the number of "
                          f"processes {info.world_size}")

@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 # Settings that belong to the run, not to the pretrained architecture.
 _RUN_SETTINGS = ("num_classes", "image_size")
+# Classifier keywords that are not backbone settings (models/classifier.py), and BN settings a
+# detector keeps its own of (they change no tensor shape).
+_CLASSIFIER_ONLY = ("feature_combination", "level", "drop_rate", "backbone", "norm", "momentum", "epsilon")
 
 
 @dataclass
@@ -77,6 +80,17 @@ def finetune_config(cfg: Any) -> Any:
     except ValueError:
         logger.info("--weights %s has no model metadata: building %s as configured", path, cfg.model)
         return cfg.replace(weights=str(path))
+    from torchspine.models.registry import model_info
+
+    if (model_info(meta["model"]).task in ("classifier", "backbone")
+            and model_info(cfg.model).task in ("detector", "instance_segmentation")):
+        # ImageNet-style pretraining: a classifier's (or bare backbone's) SpineNet initialises the
+        # configured detector's backbone; the detector head starts fresh. Only the settings that
+        # shape the backbone come along (not the classifier's head, BN momentum or drop rate).
+        base = {k: v for k, v in meta["overrides"].items() if k not in _RUN_SETTINGS + _CLASSIFIER_ONLY}
+        logger.info("fine-tuning: the backbone of %s %s initialises %s (head freshly initialised)",
+                    model_info(meta["model"]).task, meta["model"], cfg.model)
+        return cfg.replace(model_overrides={**base, **cfg.model_overrides}, weights=str(path))
     base = {k: v for k, v in meta["overrides"].items() if k not in _RUN_SETTINGS}
     if meta["model"] != cfg.model:
         logger.info("fine-tuning: building %s, the model of %s (the config named %s)", meta["model"], path, cfg.model)
@@ -111,11 +125,24 @@ def init_from_pretrained(model: nn.Module, source: str | os.PathLike, *,
         logger.warning("fine-tuning: %s has as many classes as the data but no names to compare: head copied "
                        "as is (labels assumed to mean the same)", path)
     skip = set() if classes_match else class_keys
+    if info.get("task") in ("classification", "classifier", "backbone") and hasattr(model, "head"):
+        # a classifier's endpoint projections (1x1 conv + BN per level) are as wide as its own
+        # endpoints; the detector's width is a detector setting: those start fresh when they differ
+        ends = {k for k, v in state.items() if k.startswith("backbone.endpoints.") and k in own
+                and v.shape != own[k].shape}
+        if ends:
+            logger.info("fine-tuning: %d endpoint tensors of %s have another width: freshly initialised",
+                        len(ends), path)
+            skip |= ends
     bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
            if k in own and k not in skip and v.shape != own[k].shape]
     if bad:
         raise ValueError(f"--weights {path}: {len(bad)} tensors do not fit the model being trained, e.g. {bad[:3]}; "
-                         f"train the architecture the weights were made for (same model and settings)")
+                         f"train the architecture the weights were made for (same model and settings"
+                         + (f"; they hold a {info['task']}: give the detector on its backbone as --model, with the "
+                            f"same --set model_overrides" if info.get("task") in ("classification", "classifier",
+                                                                                   "backbone") else "")
+                         + ")")
     backbone_missing = [k for k in own if k.startswith("backbone.") and k not in state]
     if hasattr(model, "backbone") and backbone_missing:
         raise ValueError(f"--weights {path}: the backbone is incomplete: {len(backbone_missing)} tensors missing, "

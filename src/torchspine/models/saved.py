@@ -44,7 +44,11 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # UnpicklingError for pickles with code, RuntimeError for garbage
-            raise ValueError(f"weights {path}: cannot be read with torch.load(weights_only=True) ({e})") from e
+            # torch's message is a paragraph; its last line names what was refused (e.g. a GLOBAL)
+            lines = [x for x in str(e).splitlines() if x.strip()]
+            why = next((x for x in lines if "GLOBAL" in x), lines[0] if lines else type(e).__name__)
+            raise ValueError(f"weights {path}: not a plain tensor file, refused by torch.load(weights_only=True) "
+                             f"({why.strip()[:300]}); code in pickles is never run") from e
         if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
             obj = obj["model"]
         elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -196,9 +200,16 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     from torchspine.models.registry import create_model
 
     meta = read_model_metadata(path)
+    if not isinstance(meta["overrides"], dict):
+        raise ValueError(f"{meta['path']}: damaged metadata: 'overrides' is not a JSON object "
+                         f"({meta['overrides']!r:.100})")
     settings = {**meta["overrides"], **(overrides or {})}
-    with torch.device("meta"):
-        model = create_model(meta["model"], **settings)
+    try:
+        with torch.device("meta"):
+            model = create_model(meta["model"], **settings)
+    except (ValueError, TypeError) as e:  # a file of another version or a foreign writer: name the file
+        raise ValueError(f"{meta['path']}: its metadata (model {meta['model']!r}, settings {settings}) does not "
+                         f"build a model: {e}") from e
     state = load_file(meta["path"], device=str(device))
     own = model.state_dict()
     bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()

@@ -246,6 +246,18 @@ def _record(archive: str, url: str, size: int, digest: str) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
+def _unrecord(archive: str) -> None:
+    from torchspine.utils import atomic_write_text
+
+    path = _digests_file()
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text())
+    if data.pop(archive, None) is not None:
+        log.info("%s: digest record removed (the tarball did not unpack and convert)", archive)
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
 def archive_path(entry: PretrainedWeights) -> Path:
     return cache_dir() / "downloads" / entry.archive
 
@@ -288,20 +300,33 @@ def fetch(entry: PretrainedWeights, *, offline: bool | None = None, progress: bo
 
     The returned file is in the saved-model format (:func:`torchspine.models.saved.load_model`).
     """
+    from torchspine.models.saved import read_model_metadata
+
     out = model_path(entry)
     if out.is_file():
-        return out
+        try:
+            read_model_metadata(out)  # the header only: a damaged file is converted again, not handed out
+            return out
+        except ValueError as e:
+            log.warning("%s: the cached model is damaged (%s); removing it and converting again", out, e)
+            out.unlink()
+    had_record = bool(_recorded(entry.archive))
     archive = _ensure_archive(entry, offline=is_offline(offline), progress=progress, retries=retries)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="unpack-", dir=out.parent) as tmp:
-        extract_tar(archive, tmp)
-        prefix = find_checkpoint(tmp)
-        log.info("converting %s (%s) for %s", entry.archive, Path(prefix).name, entry.model)
-        try:
-            (convert or convert_entry)(entry, prefix, out)
-        except ValueError as e:
-            raise ValueError(f"weights {entry.name}: {archive} (kept in the cache) does not convert into "
-                             f"{entry.model} with the catalogue settings {entry.overrides}: {e}") from e
+    try:
+        with tempfile.TemporaryDirectory(prefix="unpack-", dir=out.parent) as tmp:
+            extract_tar(archive, tmp)
+            prefix = find_checkpoint(tmp)
+            log.info("converting %s (%s) for %s", entry.archive, Path(prefix).name, entry.model)
+            try:
+                (convert or convert_entry)(entry, prefix, out)
+            except ValueError as e:
+                raise ValueError(f"weights {entry.name}: {archive} (kept in the cache) does not convert into "
+                                 f"{entry.model} with the catalogue settings {entry.overrides}: {e}") from e
+    except BaseException:
+        if not had_record:  # a digest recorded for a tarball that turned out bad would refuse the right one later
+            _unrecord(entry.archive)
+        raise
     return out
 
 
