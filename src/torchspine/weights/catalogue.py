@@ -174,12 +174,14 @@ _add("retinanet_spinenet190", "coco_selftrain",
      notes="self-training student; the best published SpineNet result (54.3 AP test-dev)")
 # Mobile RetinaNet.
 _add("retinanet_spinenet_mobile49", "coco", f"{TPU_BUCKET}/retinanet/spinenetmbconv-49-best.tar.gz",
-     {"flavor": "tpu"}, kind=_COCO_DET, backbone="spinenet_mobile49", input_size=384, epochs=600, source=ZOO,
+     {"flavor": "tpu", "activation": "swish"}, kind=_COCO_DET, backbone="spinenet_mobile49", input_size=384, epochs=600,
+     source=ZOO,
      config=f"{TPU_CONFIGS}/spinenet-mbconv49_retinanet.yaml",
      published={"AP": 28.6, "params_M": 2.34, "flops_B": 1.0, "eval": "COCO val2017"},
      notes="SpineNet-MBConv-49 of tensorflow/tpu (spinenet_mbconv.py): swish, separable head 48 filters")
 _add("retinanet_spinenet_mobile49", "coco_mg", f"{MG_BUCKET}/retinanet/spinenet49mobile.tar.gz",
-     {"flavor": "mg"}, kind=_COCO_DET, backbone="spinenet_mobile49", codebase="mg", input_size=384, epochs=600, source=GARDEN,
+     {"flavor": "mg", "activation": "hard_swish"}, kind=_COCO_DET, backbone="spinenet_mobile49", codebase="mg",
+     input_size=384, epochs=600, source=GARDEN,
      config="tensorflow/models official/vision/configs/experiments/retinanet/coco_spinenet49_mobile_tpu.yaml",
      published={"AP": 28.1, "params_M": 2.32, "flops_B": 1.0, "eval": "COCO val2017"},
      notes="Model Garden TF2 Mobile SpineNet-49: hard_swish, squeeze-excitation 0.2, separable head")
