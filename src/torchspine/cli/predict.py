@@ -168,10 +168,10 @@ def run(args: argparse.Namespace) -> int:
     if args.image_size is not None and args.image_size < 32:
         raise ValueError(f"--image-size must be >= 32, got {args.image_size}")
     if args.tile is not None:  # before the model is built: --tile 0 must not mean "no tiling"
-        from torchspine.data.tiling import _check_tiling
+        from torchspine.data.tiling import check_tiling
 
         try:
-            _check_tiling(args.tile, args.overlap)
+            check_tiling(args.tile, args.overlap)
         except ValueError as e:
             raise ValueError(f"--tile {args.tile} --overlap {args.overlap}: {e}") from None
     _take_model_from_inputs(args)
