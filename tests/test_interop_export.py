@@ -180,7 +180,11 @@ def test_int8_export_needs_a_calibration_folder(tmp_path: Path, capsys) -> None:
     assert cli_main(base + ["--calibrate", str(tmp_path / "empty")]) == 2
     assert "no image files" in capsys.readouterr().err
     # A detector is quantized without its post-processing (decode and NMS stay float32, outside).
-    det = ["export", "--model", "retinanet_spinenet49s", "--static", "--int8", "--calibrate", str(tmp_path),
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(tmp_path / "imgs" / "a.png")
+    det = ["export", "--model", "retinanet_spinenet49s", "--static", "--int8", "--calibrate", str(tmp_path / "imgs"),
            "--out", str(tmp_path / "d.onnx")]
     assert cli_main(det) == 2
     assert "--no-postprocess" in capsys.readouterr().err
