@@ -569,3 +569,24 @@ def test_cli_weights_get_uses_the_cache(cache: Path, monkeypatch, capsys) -> Non
     assert str(hub.model_path(entry)) in out and "weights='coco'" in out
     assert cli_main(["weights", "get", "spinenet49s.cocoo"]) == 2
     assert "did you mean ['spinenet49s.coco'" in capsys.readouterr().err
+
+
+def test_an_unresolvable_host_is_retried_once_not_five_times(tmp_path: Path, monkeypatch) -> None:
+    """No network (or a mistyped host): the name lookup fails at once every time, so the download
+    gives up after one retry (2 attempts) instead of the 6 that a cut connection gets."""
+    import socket
+    import urllib.error
+
+    from torchspine.weights import hub
+
+    calls = []
+
+    def no_dns(url, part, progress, timeout):
+        calls.append(url)
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(hub, "_fetch_once", no_dns)
+    with pytest.raises(ConnectionError, match="after 2 attempts"):
+        hub.download("http://no-such-host.invalid/x.tar.gz", tmp_path / "x.tar.gz", retries=5, backoff=0.0,
+                     progress=False)
+    assert len(calls) == 2

@@ -44,6 +44,12 @@ _CHUNK = 1 << 20
 _RETRYABLE = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError)
 
 
+def _failed(url: str, attempts: int, error: Exception | None, part: Path) -> str:
+    return (f"downloading {url} failed after {attempts} attempts ({error}); "
+            f"{part.stat().st_size if part.exists() else 0} bytes are kept in {part} and the next call resumes "
+            f"from there")
+
+
 def cache_dir() -> Path:
     """The torchspine cache folder (see the module docstring for the environment variables)."""
     if os.environ.get("TORCHSPINE_HOME"):
@@ -140,10 +146,12 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None, sha2
             last = e
         except (_Truncated, *_RETRYABLE) as e:
             last = e
+            # A host name that does not resolve (no network, or a mistyped host) is not a cut
+            # connection: one retry covers a DNS hiccup, more would only make an offline user wait.
+            if isinstance(getattr(e, "reason", None), socket.gaierror) and attempt >= 1:
+                raise ConnectionError(_failed(url, attempt + 1, e, part)) from e
     else:
-        raise ConnectionError(f"downloading {url} failed after {retries + 1} attempts ({last}); "
-                              f"{part.stat().st_size if part.exists() else 0} bytes are kept in {part} and the "
-                              f"next call resumes from there")
+        raise ConnectionError(_failed(url, retries + 1, last, part))
     _verify(part, dest.name, size=size, sha256=sha256)
     os.replace(part, dest)
     return dest
