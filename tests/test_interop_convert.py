@@ -29,11 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 TF_SIDE = REPO / "tests" / "tf_side" / "build_official.py"
 
 
-def _tf_python() -> str | None:
-    cand = os.environ.get("TORCHSPINE_TF_PYTHON") or str(REPO / ".venv-tf" / "bin" / "python")
-    return cand if os.path.exists(cand) else None
-
-
 # name -> (job for the TF side, torchspine model, dtype)
 JOBS = {
     "sn49": ({"family": "spinenet", "model_id": "49", "dtype": "float32", "inputs": [[128, 128], [128, 256]],
@@ -54,11 +49,7 @@ F64 = TOL[torch.float64]  # the tensorflow/tpu-style checkpoints are written in 
 
 
 @pytest.fixture(scope="module")
-def official(tmp_path_factory) -> Path:
-    tf_python = _tf_python()
-    if tf_python is None:
-        pytest.skip("official TensorFlow stack absent: run scripts/setup_tf_venv.sh (CI does) or set "
-                    "TORCHSPINE_TF_PYTHON to an interpreter with tensorflow-cpu and tf-models-official")
+def official(tmp_path_factory, tf_python: str) -> Path:
     out = tmp_path_factory.mktemp("official")
     jobs = [{"name": name, **job} for name, (job, _, _) in JOBS.items()]
     (out / "jobs.json").write_text(json.dumps(jobs))
@@ -185,11 +176,8 @@ def test_cli_convert_writes_loadable_safetensors(official: Path, tmp_path: Path,
 
 
 @pytest.fixture(scope="module")
-def tpu_style(tmp_path_factory) -> Path:
+def tpu_style(tmp_path_factory, tf_python: str) -> Path:
     """A TF1 name-based checkpoint written by TF itself from a tensorflow/tpu-style graph."""
-    tf_python = _tf_python()
-    if tf_python is None:
-        pytest.skip("official TensorFlow stack absent: run scripts/setup_tf_venv.sh (CI does)")
     out = tmp_path_factory.mktemp("tpu_style")
     proc = subprocess.run([tf_python, str(REPO / "tests" / "tf_side" / "build_tpu_style.py"), str(out), "retinanet",
                            "maskrcnn", "classifier", "mbconv", "sn190"],

@@ -60,17 +60,8 @@ MEMBERS = {
 }
 
 
-def _tf_python() -> str | None:
-    cand = os.environ.get("TORCHSPINE_TF_PYTHON") or str(REPO / ".venv-tf" / "bin" / "python")
-    return cand if os.path.exists(cand) else None
-
-
 @pytest.fixture(scope="module")
-def family(tmp_path_factory) -> Path:
-    tf_python = _tf_python()
-    if tf_python is None:
-        pytest.skip("official TensorFlow stack absent: run scripts/setup_tf_venv.sh (CI does) or set "
-                    "TORCHSPINE_TF_PYTHON to an interpreter with tensorflow-cpu and tf-models-official")
+def family(tmp_path_factory, tf_python: str) -> Path:
     out = tmp_path_factory.mktemp("family64")
     jobs = [{"name": name, "dtype": "float64", "inputs": INPUTS, "seed": 10 + k, "calibrate": True, **job}
             for k, (name, (job, _, _)) in enumerate(MEMBERS.items())]

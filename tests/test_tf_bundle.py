@@ -23,16 +23,8 @@ from torchspine.interop.tf_bundle import TensorBundle, crc32c, read_checkpoint, 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _tf_python() -> str | None:
-    cand = os.environ.get("TORCHSPINE_TF_PYTHON") or str(REPO / ".venv-tf" / "bin" / "python")
-    return cand if os.path.exists(cand) else None
-
-
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory) -> Path:
-    tf_python = _tf_python()
-    if tf_python is None:
-        pytest.skip("TensorFlow absent: run scripts/setup_tf_venv.sh (CI does) or set TORCHSPINE_TF_PYTHON")
+def bundles(tmp_path_factory, tf_python: str) -> Path:
     out = tmp_path_factory.mktemp("bundles")
     proc = subprocess.run([tf_python, str(REPO / "tests" / "tf_side" / "write_bundles.py"), str(out)],
                           capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},

@@ -368,16 +368,7 @@ def test_cli_weights_get_offline_error(capsys, monkeypatch) -> None:
 
 
 # ----------------------------------------------------------------------------- official checkpoints
-def _tf_python() -> str | None:
-    cand = os.environ.get("TORCHSPINE_TF_PYTHON") or str(REPO / ".venv-tf" / "bin" / "python")
-    return cand if os.path.exists(cand) else None
-
-
-def _run_tf(args: list[str]) -> None:
-    tf_python = _tf_python()
-    if tf_python is None:
-        pytest.skip("official TensorFlow stack absent: run scripts/setup_tf_venv.sh (CI does) or set "
-                    "TORCHSPINE_TF_PYTHON")
+def _run_tf(tf_python: str, args: list[str]) -> None:
     proc = subprocess.run([tf_python, *args], capture_output=True, text=True, timeout=900,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -405,7 +396,7 @@ def _serve(monkeypatch, server: _Server, entry: PretrainedWeights, tarball: byte
 
 @pytest.mark.tf
 @pytest.mark.slow
-def test_model_garden_mobile_entry_end_to_end(tmp_path: Path, server: _Server, monkeypatch) -> None:
+def test_model_garden_mobile_entry_end_to_end(tmp_path: Path, server: _Server, monkeypatch, tf_python: str) -> None:
     """The catalogue's Model Garden entry: Model Garden builds SpineNet-Mobile-49 RetinaNet with
     its settings (hard_swish, SE 0.2, separable 4 x 48 head, 91 classes, 9 anchors), saves a TF2
     checkpoint; the tarball is served locally and ``create_model(..., weights="coco_mg")``
@@ -414,7 +405,7 @@ def test_model_garden_mobile_entry_end_to_end(tmp_path: Path, server: _Server, m
     job = {"name": "mg", "family": "mobile", "model_id": "49", "dtype": "float32", "inputs": [[128, 128]], "seed": 4,
            "head": {"num_classes": 91, "num_anchors": 9, "num_convs": 4, "num_filters": 48, "separable": True}}
     (tmp_path / "jobs.json").write_text(json.dumps([job]))
-    _run_tf([str(REPO / "tests" / "tf_side" / "build_official.py"), str(tmp_path / "jobs.json"), str(tmp_path)])
+    _run_tf(tf_python, [str(REPO / "tests" / "tf_side" / "build_official.py"), str(tmp_path / "jobs.json"), str(tmp_path)])
     _serve(monkeypatch, server, entry, _tar_folder(tmp_path / "mg", "spinenet49mobile"))
     model = torchspine.create_model("retinanet_spinenet_mobile49", weights="coco_mg")
     assert model.torchspine_info["weights"] == entry.name and len(model.torchspine_info["label_names"]) == 91
@@ -434,11 +425,12 @@ def test_model_garden_mobile_entry_end_to_end(tmp_path: Path, server: _Server, m
 
 @pytest.mark.tf
 @pytest.mark.slow
-def test_tpu_checkpoint_through_the_catalogue(tmp_path: Path, server: _Server, monkeypatch) -> None:
+def test_tpu_checkpoint_through_the_catalogue(tmp_path: Path, server: _Server, monkeypatch,
+                                              tf_python: str) -> None:
     """A TF1 name-based checkpoint (tests/tf_side/build_tpu_style.py: SpineNet-49S with a 2 x 32
     RetinaNet head, 3 classes) packed like the zoo's tarballs, served locally under a catalogue
     entry with those settings, loaded by create_model(weights=...), then read offline."""
-    _run_tf([str(REPO / "tests" / "tf_side" / "build_tpu_style.py"), str(tmp_path / "ckpt")])
+    _run_tf(tf_python, [str(REPO / "tests" / "tf_side" / "build_tpu_style.py"), str(tmp_path / "ckpt")])
     entry = PretrainedWeights(
         name="retinanet_spinenet49s.tputest", model="retinanet_spinenet49s", tag="tputest",
         url="https://storage.googleapis.com/cloud-tpu-checkpoints/detection/retinanet/tputest.tar.gz",
@@ -487,7 +479,7 @@ def _tpu_entries() -> list[tuple[str, str]]:
 
 @pytest.mark.tf
 @pytest.mark.slow
-def test_tpu_entries_match_checkpoint_layouts_at_full_size(tmp_path: Path) -> None:
+def test_tpu_entries_match_checkpoint_layouts_at_full_size(tmp_path: Path, tf_python: str) -> None:
     """Every tensorflow/tpu catalogue entry's settings build a model whose tensors match, name for
     name and shape for shape, the variables TF creates for the tensorflow/tpu graph of that size
     (tests/tf_side/tpu_catalogue_shapes.py). RetinaNet entries are checked whole (backbone and
@@ -495,7 +487,7 @@ def test_tpu_entries_match_checkpoint_layouts_at_full_size(tmp_path: Path) -> No
     classification heads), through their backbone settings."""
     jobs = [{"name": s, **_TPU_SIZES[s], "num_classes": 91} for s in _TPU_SIZES]
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    _run_tf([str(REPO / "tests" / "tf_side" / "tpu_catalogue_shapes.py"), str(tmp_path / "jobs.json"),
+    _run_tf(tf_python, [str(REPO / "tests" / "tf_side" / "tpu_catalogue_shapes.py"), str(tmp_path / "jobs.json"),
              str(tmp_path / "shapes.json")])
     layouts = json.loads((tmp_path / "shapes.json").read_text())
     from torchspine.interop.convert import convert_checkpoint
