@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev,all
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all bench venv clean
+.PHONY: demo test test-all bench gpu venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_onnx_sizes.py
 	$(PY) benchmarks/bench_training.py --matrix --threads 1 --size 512 --batch 2 --steps 2 --repeats 2
 	$(PY) benchmarks/bench_backbone.py
+
+# On a machine with a CUDA card: the training checks and the GPU benchmark, tables in gpu-results/.
+gpu: $(STAMP)
+	PYTHON=$(PY) bash scripts/gpu_session.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -16,6 +16,11 @@ What it runs on CUDA, each as the user would:
 
 It prints a table with the card's name (and writes it as JSON with ``--json``). Without CUDA
 it says so and exits 0. Needs pycocotools (COCO data and evaluation).
+
+``--dry-run`` runs the same code on the CPU, so the script cannot rot between GPU sessions
+(the test suite runs it): the resume check (gloo-free, one process), AMP in bfloat16 (CPU
+autocast), and a latency/images/s measurement of a tiny model; the float16 GradScaler and
+NCCL checks need CUDA and are listed as skipped.
 """
 
 from __future__ import annotations
@@ -157,18 +162,23 @@ def check_syncbn_and_normaliser() -> dict:
             "seconds": time.perf_counter() - t0}
 
 
-def measure_speed() -> list[dict]:
+def measure_speed(size: int = 640, batch: int = 8, **model_kw) -> list[dict]:
     import torch
 
     from torchspine import create_model
 
     rows = []
     torch.backends.cudnn.benchmark = True
-    model = create_model("retinanet_spinenet49", num_classes=91, image_size=640).cuda()
+    model = create_model("retinanet_spinenet49", num_classes=91, image_size=size, **model_kw).to(DEVICE)
 
     def timed(fn, warmup: int, iters: int) -> float:
         for _ in range(warmup):
             fn()
+        if DEVICE != "cuda":
+            t = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            return (time.perf_counter() - t) * 1000 / iters  # ms
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()
         start.record()
@@ -179,54 +189,71 @@ def measure_speed() -> list[dict]:
         return start.elapsed_time(end) / iters  # ms
 
     model.eval()
-    image = [torch.rand(3, 640, 640, device="cuda")]
+    image = [torch.rand(3, size, size, device=DEVICE)]
+    iters, warm = (20, 5) if DEVICE == "cuda" else (2, 1)
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         def infer():
-            with torch.no_grad(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            with torch.no_grad(), torch.autocast(DEVICE, dtype=dtype or torch.float32, enabled=dtype is not None):
                 model(image)
-        ms = timed(infer, 5, 20)
-        rows.append({"check": f"latency, RetinaNet SpineNet-49 640 px, batch 1, {name}", "ok": True,
-                     "detail": f"{ms:.1f} ms (mean of 20 after 5 warm-up)", "seconds": 0.0})
+        ms = timed(infer, warm, iters)
+        rows.append({"check": f"latency, RetinaNet SpineNet-49 {size} px, batch 1, {name}", "ok": ms > 0,
+                     "detail": f"{ms:.1f} ms (mean of {iters} after {warm} warm-up)", "seconds": 0.0})
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    images = [torch.rand(3, 640, 640, device="cuda") for _ in range(8)]
-    targets = [{"boxes": torch.tensor([[50.0, 60.0, 300.0, 400.0]], device="cuda"),
-                "labels": torch.tensor([1], device="cuda")} for _ in range(8)]
+    images = [torch.rand(3, size, size, device=DEVICE) for _ in range(batch)]
+    box = [0.08 * size, 0.09 * size, 0.47 * size, 0.63 * size]
+    targets = [{"boxes": torch.tensor([box], device=DEVICE), "labels": torch.tensor([1], device=DEVICE)}
+               for _ in range(batch)]
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
             loss = sum(model(images, targets).values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    ms = timed(step, 3, 10)
-    rows.append({"check": "training, RetinaNet SpineNet-49 640 px, batch 8, bf16", "ok": True,
-                 "detail": f"{8000 / ms:.1f} images/s ({ms:.0f} ms/step, mean of 10 after 3 warm-up)",
-                 "seconds": 0.0})
+    iters, warm = (10, 3) if DEVICE == "cuda" else (1, 1)
+    ms = timed(step, warm, iters)
+    rows.append({"check": f"training, RetinaNet SpineNet-49 {size} px, batch {batch}, bf16", "ok": ms > 0,
+                 "detail": f"{batch * 1000 / ms:.1f} images/s ({ms:.0f} ms/step, mean of {iters} after {warm} "
+                           f"warm-up)", "seconds": 0.0})
     return rows
+
+
+def _skipped(name: str) -> dict:
+    return {"check": name, "ok": True, "detail": "skipped (--dry-run: needs CUDA)", "seconds": 0.0}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", help="work folder (default: a temporary one)")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run the script's logic on the CPU with a tiny speed model (checks the script itself)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
-    if not torch.cuda.is_available():
+    global DEVICE
+    if args.dry_run:
+        DEVICE = "cpu"
+    elif not torch.cuda.is_available():
         print("gpu_check_training: no CUDA device; nothing checked (skipped)")
         return 0
     from torchspine.data.synth import SynthConfig, generate_synth
 
-    card = torch.cuda.get_device_name(0)
+    card = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "CPU (--dry-run)"
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ts-gpu-check-") as tmp:
         work = Path(args.out or tmp)
         work.mkdir(parents=True, exist_ok=True)
         data = generate_synth(work / "data", SynthConfig(num_train=16, num_val=4, image_size=128, seed=3))
-        rows = [check_resume(work, data), check_amp(work, data, "float16"), check_amp(work, data, "bfloat16"),
-                check_syncbn_and_normaliser(), *measure_speed()]
+        if DEVICE == "cuda":
+            rows = [check_resume(work, data), check_amp(work, data, "float16"), check_amp(work, data, "bfloat16"),
+                    check_syncbn_and_normaliser(), *measure_speed()]
+        else:
+            rows = [check_resume(work, data), _skipped("AMP float16 + GradScaler"), check_amp(work, data, "bfloat16"),
+                    _skipped("SyncBatchNorm + loss normaliser (NCCL)"),
+                    *measure_speed(size=128, batch=2, **TINY)]
     total = time.perf_counter() - t0
     print(f"\ntorchspine training check on {card} (torch {torch.__version__}, {total:.0f} s in all)")
     width = max(len(r["check"]) for r in rows)
