@@ -93,6 +93,10 @@ def test_resume_takes_the_run_config_and_names_a_differing_argument(run, tmp_pat
         from torchspine.cli.train import run as train_run
 
         train_run(build_parser("train").parse_args(["train", "--out", str(run), "--resume", "--batch-size", "8"]))
+    # a longer run is not a resume (the LR schedule spans max_steps): the error says how to train longer
+    with pytest.raises(ValueError, match=r"--max-steps 999 .*to train longer, start a new run from this one's "
+                                         r"weights: --weights .*model.safetensors --out NEW_FOLDER"):
+        train_run(build_parser("train").parse_args(["train", "--out", str(run), "--resume", "--max-steps", "999"]))
     # nothing repeated: everything from the run (finished: no further steps, same model)
     before = load_file(run / "model.safetensors")
     assert main(["train", "--out", str(run), "--resume", "--no-progress", "--batch-size", "4"]) == 0

@@ -251,9 +251,15 @@ def resume_config(output_dir: str | os.PathLike, given: dict[str, Any], *, flags
                 have = cur[key]
             if not _same(value, have):
                 flag = (flags or {}).get(key, key)
+                hint = ""
+                if key == "max_steps":
+                    # The learning-rate schedule (warm-up, step or cosine decay) is laid out over
+                    # max_steps, so a resumed run with another length would not be the run it was.
+                    hint = (f"; to train longer, start a new run from this one's weights: "
+                            f"--weights {run / 'model.safetensors'} --out NEW_FOLDER")
                 raise ValueError(f"--resume: {flag} {value!r} ({source}) differs from the run's {key} {have!r} "
                                  f"recorded in {run / 'config.json'}; leave it out to continue that run, or train "
-                                 f"into another --out")
+                                 f"into another --out{hint}")
     over = {k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}
     # paths recorded relative by older runs: make them absolute now
     paths = {k: resolve_run_path(cur[k], run, what=k) for k in ("train_ann", "train_images", "val_ann", "val_images")
