@@ -340,6 +340,7 @@ def fetch(entry: PretrainedWeights, *, offline: bool | None = None, progress: bo
 
 def convert_entry(entry: PretrainedWeights, checkpoint: str, out: str | os.PathLike) -> Path:
     """Convert an unpacked official checkpoint with the entry's settings and save it with its info."""
+    from torchspine.data.labels import LabelMap
     from torchspine.interop.convert import build_converted, convert_checkpoint
     from torchspine.models.saved import save_model
     from torchspine.weights.catalogue import coco_label_names, imagenet_label_names
@@ -354,11 +355,10 @@ def convert_entry(entry: PretrainedWeights, checkpoint: str, out: str | os.PathL
                        "checkpoint": Path(checkpoint).name, "part_of": entry.part_of,
                        "sha256": _recorded(entry.archive).get("sha256")},
     }
-    if labels is not None:
-        names = labels()
-        info["label_names"] = names
-        if entry.labels == "coco91":
-            info["category_ids"] = list(range(len(names)))  # class index = COCO category id
+    if entry.labels == "coco91":  # the official detectors: label = COCO category id
+        info.update(LabelMap.by_category_id(coco_label_names()).to_info())
+    elif labels is not None:  # a classifier: class names, index = class
+        info["label_names"] = labels()
     return save_model(model, out, name=entry.model, overrides=result.overrides, info=info)
 
 
