@@ -495,6 +495,19 @@ def _tpu_jobs() -> list[dict]:
     return jobs
 
 
+def test_every_tpu_entry_says_its_head_layout_was_checked() -> None:
+    """What ``weights list`` shows as verified is what test_tpu_entries_match_checkpoint_layouts_at_full_size
+    checks: every tensorflow/tpu entry of a full-size SpineNet, heads included."""
+    entries = dict(_tpu_entries())
+    assert len(entries) == 37
+    for name in entries:
+        e = CATALOGUE[name]
+        assert "not checked" not in e.verified and "full-size" in e.verified, (name, e.verified)
+        head = {"detector": "backbone + head", "instance_segmentation": "backbone + RPN, box and mask heads",
+                "classifier": "backbone + classification head", "backbone": "backbone layout"}[e.task]
+        assert head in e.verified, (name, e.verified)
+
+
 @pytest.mark.tf
 @pytest.mark.slow
 def test_tpu_entries_match_checkpoint_layouts_at_full_size(tmp_path: Path, tf_python: str) -> None:
