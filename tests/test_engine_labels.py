@@ -181,3 +181,17 @@ def test_eval_of_a_converted_detector_scores_labels_as_coco_ids(tmp_path, monkey
     metrics = json.loads(out.read_text())
     assert metrics["AP"] == pytest.approx(1.0)  # every box found with its own category id
     assert "was it trained on this dataset?" in capsys.readouterr().err  # ids 1..3 are person, bicycle, car
+
+
+def test_a_converted_detector_records_that_its_labels_are_the_category_ids():
+    """``torchspine convert`` output: the official detectors predict the COCO id itself (91
+    outputs, tensorflow/tpu configs/maskrcnn_config.py frcnn_head num_classes 91 "including one
+    background class whose index is 0"); the file now says so instead of leaving it to a guess."""
+    from torchspine.data.labels import BY_CATEGORY_ID, LabelMap
+    from torchspine.interop.convert import ConversionResult
+
+    info = ConversionResult({}, "retinanet_spinenet49s", {}, "tpu", "ckpt", {"num_classes": 91}).info()
+    assert info["label_convention"] == BY_CATEGORY_ID
+    labels = LabelMap.from_info(info)
+    assert labels.num_classes == 91 and [labels.category_id(k) for k in (1, 90)] == [1, 90]
+    assert "label_convention" not in ConversionResult({}, "spinenet49s", {}, "tpu", "ckpt", {}).info()

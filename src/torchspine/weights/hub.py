@@ -347,7 +347,6 @@ def convert_entry(entry: PretrainedWeights, checkpoint: str, out: str | os.PathL
 
     result = convert_checkpoint(checkpoint, entry.model, codebase=entry.codebase, overrides=dict(entry.overrides))
     model = build_converted(entry.model, result.overrides, result.state_dict)
-    labels = {"coco91": coco_label_names, "imagenet1001": imagenet_label_names}.get(entry.labels or "")
     info: dict[str, Any] = {
         "task": entry.task, "num_classes": entry.num_classes, "image_size": entry.input_size,
         "weights": entry.name, "published": entry.published,
@@ -357,8 +356,8 @@ def convert_entry(entry: PretrainedWeights, checkpoint: str, out: str | os.PathL
     }
     if entry.labels == "coco91":  # the official detectors: label = COCO category id
         info.update(LabelMap.by_category_id(coco_label_names()).to_info())
-    elif labels is not None:  # a classifier: class names, index = class
-        info["label_names"] = labels()
+    elif entry.labels == "imagenet1001":  # a classifier: class names, index = class
+        info["label_names"] = imagenet_label_names()
     return save_model(model, out, name=entry.model, overrides=result.overrides, info=info)
 
 
