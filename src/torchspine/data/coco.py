@@ -135,6 +135,8 @@ class CocoDetection(torch.utils.data.Dataset):
         self.replace_corrupt = replace_corrupt
         self.corrupt_image_ids: set = set()  # seen in this process (DataLoader workers: see batch.skipped)
         self.category_names = {c["id"]: c["name"] for c in self.coco.dataset["categories"]}
+        if labels is not None and category_ids is not None:
+            raise ValueError(f"{self.ann_file}: give labels or category_ids, not both")
         if labels is None:
             labels = LabelMap.from_categories(self.coco.dataset["categories"], order=category_ids,
                                               source=str(self.ann_file))
