@@ -58,10 +58,12 @@ def shapes(job: dict) -> dict[str, list[int]]:
         images = v1.placeholder(tpu.tf.float32, [1, None, None, 3])
         feats = tpu.spinenet(images)
         if head == "retinanet":
-            tpu.HEAD_CONVS, tpu.HEAD_FILTERS, tpu.NUM_CLASSES = job["head_convs"], job["head_filters"], job["num_classes"]
+            tpu.HEAD_CONVS, tpu.HEAD_FILTERS = job["head_convs"], job["head_filters"]
+            tpu.NUM_CLASSES = job["num_classes"]
             tpu.retinanet_head(feats)
         elif head == "maskrcnn":  # RoI features as wide as the endpoints: 7x7 (box head), 14x14 (mask head)
-            tpu.RPN_FILTERS, tpu.MRCNN_CONVS, tpu.MRCNN_FILTERS = job["rpn_filters"], job["head_convs"], job["head_filters"]
+            tpu.RPN_FILTERS = job["rpn_filters"]
+            tpu.MRCNN_CONVS, tpu.MRCNN_FILTERS = job["head_convs"], job["head_filters"]
             tpu.FC_DIMS, tpu.MRCNN_CLASSES = job["fc_dims"], job["num_classes"]
             box_rois = v1.placeholder(tpu.tf.float32, [1, 7, 7, job["endpoints"]])
             mask_rois = v1.placeholder(tpu.tf.float32, [1, 14, 14, job["endpoints"]])

@@ -245,7 +245,8 @@ def _verified(e: PretrainedWeights) -> str:
     elif e.task == "backbone":
         how = "full-size backbone layout vs TF1 tpu-style graph"
     else:
-        head = {"instance_segmentation": "RPN, box and mask heads", "classifier": "classification head"}.get(e.task, "head")
+        head = {"instance_segmentation": "RPN, box and mask heads",
+                "classifier": "classification head"}.get(e.task, "head")
         how = f"full-size layout (backbone + {head}) vs TF1 tpu-style graph"
     return how + "; file not fetched"
 
