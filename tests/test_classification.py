@@ -176,3 +176,39 @@ def test_classifier_nan_raises_the_detector_error(tmp_path: Path, monkeypatch: p
         train_classifier(_tiny_cfg(data, tmp_path / "nan"))
     assert e.value.step == 2
     assert (tmp_path / "nan" / "checkpoint.pt").is_file()  # the step-1 checkpoint is kept
+
+
+@pytest.mark.parametrize("backbone", ["spinenet49s", "spinenet49", "spinenet_mobile49"])
+def test_classifier_norm_is_given_at_construction_with_the_same_result(backbone: str) -> None:
+    """The classifier's BatchNorm (momentum 0.9 / epsilon 1e-5 of tensorflow/tpu
+    models/official/detection/configs/spinenet/spinenet49_classification.yaml) is built in, not
+    switched after building: the same tensors, BN settings and spec as building the backbone
+    with the detector defaults and switching every BatchNorm afterwards (the earlier way)."""
+    from torch import nn
+
+    from torchspine import create_model
+    from torchspine.specs import NormSpec
+
+    torch.manual_seed(0)
+    model = create_model(f"{backbone}_cls", num_classes=10, filter_size_scale=0.25)
+    torch.manual_seed(0)
+    before = create_model(backbone, filter_size_scale=0.25)
+    assert before.spec.norm == NormSpec()  # the detectors' 0.997 / 1e-4 unless told otherwise
+    before.spec = before.spec.replace(momentum=0.9, epsilon=1e-5)
+    for m in before.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum, m.eps = 1.0 - 0.9, 1e-5  # PyTorch momentum = 1 - TF momentum
+    after = model.backbone
+    assert after.spec == before.spec and after.spec.norm == NormSpec(momentum=0.9, epsilon=1e-5)
+    a, b = after.state_dict(), before.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    bn_a = [(n, m.momentum, m.eps) for n, m in after.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bn_b = [(n, m.momentum, m.eps) for n, m in before.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert bn_a == bn_b and bn_a and all(mo == pytest.approx(0.1) and eps == 1e-5 for _, mo, eps in bn_a)
+    # a norm given by the caller wins; a module backbone keeps its own
+    assert create_model(f"{backbone}_cls", num_classes=10, filter_size_scale=0.25,
+                        momentum=0.99).backbone.spec.norm == NormSpec(momentum=0.99, epsilon=1e-4)
+    from torchspine.models.classifier import build_classifier
+
+    assert build_classifier(create_model(backbone, filter_size_scale=0.25),
+                            num_classes=3).backbone.spec.norm == NormSpec()

@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"utils"},
     "analysis": {"models", "layers", "specs", "utils"},
     "interop": {"data", "models", "layers", "specs", "utils"},  # data: calibration images for INT8
-    "weights": {"interop", "models", "layers", "specs", "utils"},
+    "weights": {"interop", "data", "models", "layers", "specs", "utils"},  # data: the label map of converted detectors
     "engine": {"weights", "interop", "analysis", "data", "models", "layers", "specs", "utils"},
     "search": {"engine", "analysis", "data", "models", "layers", "specs", "utils"},
     "cli": {"search", "engine", "weights", "interop", "analysis", "data", "models", "layers", "specs", "utils"},

@@ -37,9 +37,10 @@ def run_cli(argv, capsys) -> tuple[int, str]:
 def saved_detector(tmp_path_factory) -> Path:
     """A run folder as `torchspine train --out` leaves it: model.safetensors with its info."""
     run = tmp_path_factory.mktemp("run")
-    model = torchspine.create_model("retinanet_spinenet49s", num_classes=2, image_size=64, **TINY)
+    # two classes a (id 1) and b (id 2) as `torchspine train` records them: labels 1..2, num_classes 3
+    model = torchspine.create_model("retinanet_spinenet49s", num_classes=3, image_size=64, **TINY)
     torchspine.save_model(model, run / "model.safetensors",
-                          info={"task": "detector", "num_classes": 2, "label_names": ["a", "b"], "category_ids": [1, 2],
+                          info={"task": "detector", "num_classes": 3, "label_names": ["a", "b"], "category_ids": [1, 2],
                                 "image_size": 64})
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(run / "curves.png")  # like a real run folder
     return run

@@ -477,36 +477,65 @@ def _tpu_entries() -> list[tuple[str, str]]:
     return out
 
 
+# The Mask R-CNN heads of tensorflow/tpu models/official/detection/configs/spinenet/spinenet{49,96,143}_mrcnn.yaml
+# (frcnn_head num_convs 4; the rpn / frcnn / mrcnn defaults of configs/maskrcnn_config.py: 256 filters, fc 1,024)
+# and spinenet190_mrcnn.yaml (384 filters, 7 convs in the box and mask heads; one RPN conv: RpnHead has no
+# tower); 91 classes. Classifiers: classification_head/dense over 1,001 classes (the classification yamls).
+_TPU_MASKRCNN = {"49": (256, 4, 256), "96": (256, 4, 256), "143": (256, 4, 256), "190": (384, 7, 384)}
+_TPU_CLASSIFIERS = ("49", "96", "143", "190")
+
+
+def _tpu_jobs() -> list[dict]:
+    jobs = [{"name": s, **_TPU_SIZES[s], "num_classes": 91} for s in _TPU_SIZES]
+    for s, (rpn, convs, filters) in _TPU_MASKRCNN.items():
+        jobs.append({"name": f"{s}-maskrcnn", **_TPU_SIZES[s], "head": "maskrcnn", "rpn_filters": rpn,
+                     "head_convs": convs, "head_filters": filters, "fc_dims": 1024, "num_classes": 91})
+    jobs += [{"name": f"{s}-classifier", **_TPU_SIZES[s], "head": "classifier", "num_classes": 1001}
+             for s in _TPU_CLASSIFIERS]
+    return jobs
+
+
+def test_every_tpu_entry_says_its_head_layout_was_checked() -> None:
+    """What ``weights list`` shows as verified is what test_tpu_entries_match_checkpoint_layouts_at_full_size
+    checks: every tensorflow/tpu entry of a full-size SpineNet, heads included."""
+    entries = dict(_tpu_entries())
+    assert len(entries) == 37
+    for name in entries:
+        e = CATALOGUE[name]
+        assert "not checked" not in e.verified and "full-size" in e.verified, (name, e.verified)
+        head = {"detector": "backbone + head", "instance_segmentation": "backbone + RPN, box and mask heads",
+                "classifier": "backbone + classification head", "backbone": "backbone layout"}[e.task]
+        assert head in e.verified, (name, e.verified)
+
+
 @pytest.mark.tf
 @pytest.mark.slow
 def test_tpu_entries_match_checkpoint_layouts_at_full_size(tmp_path: Path, tf_python: str) -> None:
     """Every tensorflow/tpu catalogue entry's settings build a model whose tensors match, name for
     name and shape for shape, the variables TF creates for the tensorflow/tpu graph of that size
-    (tests/tf_side/tpu_catalogue_shapes.py). RetinaNet entries are checked whole (backbone and
-    head); Mask R-CNN and classifier entries on their backbone (the TF graph has no Mask R-CNN or
-    classification heads), through their backbone settings."""
-    jobs = [{"name": s, **_TPU_SIZES[s], "num_classes": 91} for s in _TPU_SIZES]
-    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    (tests/tf_side/tpu_catalogue_shapes.py), heads included: RetinaNet (backbone and head), Mask
+    R-CNN (backbone, RPN, box and mask heads), classifiers (backbone and classification head);
+    backbone entries with their backbone settings. The converter raises on any missing, extra or
+    misshapen variable."""
+    (tmp_path / "jobs.json").write_text(json.dumps(_tpu_jobs()))
     _run_tf(tf_python, [str(REPO / "tests" / "tf_side" / "tpu_catalogue_shapes.py"), str(tmp_path / "jobs.json"),
              str(tmp_path / "shapes.json")])
     layouts = json.loads((tmp_path / "shapes.json").read_text())
     from torchspine.interop.convert import convert_checkpoint
-    from torchspine.weights.catalogue import _DETECTOR_ONLY
 
     zero = np.zeros((), np.float32)
-    checked = []
+    checked = {}
     for name, size in _tpu_entries():
         e = CATALOGUE[name]
-        variables = {k: np.broadcast_to(zero, tuple(v)) for k, v in layouts[size].items()}
-        if e.task in ("detector", "backbone"):
-            model, overrides = e.model, e.overrides
-        else:  # Mask R-CNN / classifier: the backbone part, with the entry's backbone settings
-            model = f"spinenet{size}"
-            overrides = {k: v for k, v in e.overrides.items() if k not in _DETECTOR_ONLY}
-        result = convert_checkpoint(variables, model, codebase="tpu", overrides=overrides)  # raises on any mismatch
+        job = {"instance_segmentation": f"{size}-maskrcnn", "classifier": f"{size}-classifier"}.get(e.task, size)
+        variables = {k: np.broadcast_to(zero, tuple(v)) for k, v in layouts[job].items()}
+        result = convert_checkpoint(variables, e.model, codebase="tpu", overrides=e.overrides)  # raises on a mismatch
         assert result.overrides["activation"] == e.overrides["activation"]
-        checked.append(name)
-    assert len(checked) == 37  # 11 RetinaNet, 4 Mask R-CNN, 7 classifiers, 15 backbones of the detectors
+        assert result.overrides.get("num_classes") == e.num_classes
+        checked[name] = e.task
+    tasks = sorted(checked.values())
+    # 11 RetinaNet, 4 Mask R-CNN, 7 classifiers, 15 backbones of the detectors
+    assert [tasks.count(t) for t in ("detector", "instance_segmentation", "classifier", "backbone")] == [11, 4, 7, 15]
 
 
 def test_a_folder_named_like_a_tag_is_not_taken_for_the_weights(tmp_path: Path, monkeypatch) -> None:

@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from torchvision.io import write_png
 
     from torchspine.data.coco import CocoDetection
-    from torchspine.data.synth import SYNTH_CATEGORIES, ensure_synth
+    from torchspine.data.labels import LabelMap
+    from torchspine.data.synth import ensure_synth
     from torchspine.engine.config import load_config
     from torchspine.engine.evaluate import format_table
     from torchspine.engine.trainer import train
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     val = CocoDetection(paths["val_ann"], paths["val_images"])
     model = load_model(out / "train")
-    names = ["background"] + list(model.torchspine_info.get("label_names") or [c["name"] for c in SYNTH_CATEGORIES])
+    names = LabelMap.from_info(model.torchspine_info, source=str(out / "train")).names_by_label
     pred_dir = out / "predictions"
     pred_dir.mkdir(exist_ok=True)
     with torch.no_grad():

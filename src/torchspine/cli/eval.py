@@ -29,14 +29,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_task_arguments(p)  # --task classify --data DIR: top-1 / top-5 via torchspine.cli.classify
 
 
-def _warn_other_classes(info: dict, dataset, ann: str) -> None:
+def _warn_other_classes(trained, dataset, ann: str) -> None:
     """Same category ids, other names (a model evaluated on another dataset's file): the AP
     would silently score circles as trees."""
-    names, ids = info.get("label_names"), info.get("category_ids")
-    if not names or not ids or len(names) != len(ids):
+    labels = trained.labels
+    if labels is None or not trained.label_names:
         return
     theirs = dataset.category_names
-    diff = [f"id {cid}: {n!r} vs {theirs[cid]!r}" for cid, n in zip(ids, names)
+    diff = [f"id {cid}: {n!r} vs {theirs[cid]!r}" for cid, n in zip(labels.category_ids, labels.names)
             if cid in theirs and str(theirs[cid]) != str(n)]
     if diff:
         print(f"torchspine eval: warning: the model's class names differ from the categories of {ann} "
@@ -85,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"torchspine eval: warning: --image-size {args.image_size} overrides the size the model was trained "
                   f"at ({trained.image_size})", file=sys.stderr)
         model, name = trained.model, trained.name
-        category_ids = trained.info.get("category_ids")
+        labels = trained.labels  # None (no map recorded): the file's own, ascending ids
         with_masks = model_info(name).task == "instance_segmentation"
-        dataset = CocoDetection(ann, images, with_masks=with_masks, category_ids=category_ids)
-        _warn_other_classes(trained.info, dataset, ann)
+        dataset = CocoDetection(ann, images, with_masks=with_masks, labels=labels)
+        _warn_other_classes(trained, dataset, ann)
     else:
         from torchspine.engine.build import build_model
 
@@ -106,13 +106,13 @@ def run(args: argparse.Namespace) -> int:
         image_size = args.image_size or cfg.get("image_size") or 640
         with_masks = model_info(name).task == "instance_segmentation"
         dataset = CocoDetection(ann, images, with_masks=with_masks)
-        category_ids = dataset.category_ids
+        labels = dataset.labels
         model = build_model(name, num_classes=dataset.num_classes, image_size=image_size, overrides=overrides)
         load_weights(model, weights)
     device = resolve_device(args.device)
     model.to(device)
     metrics = evaluate_coco(model, dataset, device=device, batch_size=args.batch_size, max_images=args.max_images,
-                            with_masks=with_masks or None, progress=True, category_ids=category_ids)
+                            with_masks=with_masks or None, progress=True, labels=labels)
     print(format_table(metrics))
     out = args.json_out or (str(Path(args.run) / "eval.json") if args.run else "eval.json")
     atomic_write_text(out, json.dumps({"model": name, "weights": str(weights), "annotations": str(ann),

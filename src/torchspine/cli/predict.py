@@ -112,12 +112,7 @@ def load_detector(args: argparse.Namespace) -> tuple[torch.nn.Module, list[str] 
         info.setdefault("num_classes", getattr(getattr(model, "head", None), "num_classes", None)
                         or kwargs.get("num_classes", 91))
         trained = TrainedModel(model=model, name=name, info=info, path=Path(str(args.weights or name)))
-    names = trained.label_names
-    if not names and trained.num_classes == 91:  # the official COCO label space: index = category id
-        from torchspine.weights import coco_label_names
-
-        names = coco_label_names()
-    return trained.model, names, trained.category_id
+    return trained.model, trained.label_names, trained.category_id
 
 
 def _looks_like_catalogue(weights: str) -> bool:

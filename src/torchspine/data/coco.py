@@ -9,6 +9,8 @@ Labels: the file's category ids, whatever they are (0-based, sparse, in any orde
 contiguous training labels ``1..K`` in ascending id order (``category_ids[label - 1]`` is the
 file's id; ``num_classes = K + 1``). Label 0 is background for both RetinaNet's
 post-processing and torchvision's Mask R-CNN, so a category with id 0 would otherwise vanish.
+The mapping is a :class:`torchspine.data.labels.LabelMap` (``dataset.labels``); a model's own
+map (``labels=``, e.g. an official detector whose labels are the COCO ids) replaces it.
 :meth:`CocoDetection.category_id` maps a label back, for predictions and COCO evaluation.
 
 Crowd annotations are left out of training targets, as torchvision's COCO reference does;
@@ -42,6 +44,7 @@ from pycocotools.coco import COCO
 
 from torchspine.data.checks import check_coco, clip_box, enforce
 from torchspine.data.images import read_image_array
+from torchspine.data.labels import LabelMap
 from torchspine.data.transforms import Compose, build_eval_transforms
 from torchspine.utils import read_json
 
@@ -108,14 +111,17 @@ class CocoDetection(torch.utils.data.Dataset):
         with_masks: decode instance masks into the target (Mask R-CNN).
         skip_bad: leave out records that fail the annotation check instead of stopping.
         seed: base seed of the per-sample augmentation generator.
-        category_ids: the label mapping to use (``category_ids[label - 1]`` is a file id):
-            the training set's, for a validation set. Default: this file's ids, ascending.
+        category_ids: the category ids of labels 1..K (``category_ids[label - 1]`` is a file
+            id), named from this file. Default: this file's ids, ascending.
+        labels: the label map to use (the training set's ``labels`` for a validation set, a
+            saved model's for evaluation); replaces ``category_ids``.
     """
 
     def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, *,
                  transforms: Compose | None = None, with_masks: bool = False, skip_bad: bool = False,
-                 seed: int = 0, category_ids: list[int] | None = None, replace_corrupt: bool = False,
-                 require_annotations: bool = False, skip_flag: str | None = None) -> None:
+                 seed: int = 0, category_ids: list[int] | None = None, labels: LabelMap | None = None,
+                 replace_corrupt: bool = False, require_annotations: bool = False,
+                 skip_flag: str | None = None) -> None:
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder {str(self.image_dir)!r} not found")
@@ -129,26 +135,24 @@ class CocoDetection(torch.utils.data.Dataset):
         self.replace_corrupt = replace_corrupt
         self.corrupt_image_ids: set = set()  # seen in this process (DataLoader workers: see batch.skipped)
         self.category_names = {c["id"]: c["name"] for c in self.coco.dataset["categories"]}
-        own = sorted(self.coco.cats)
-        if category_ids is None:
-            category_ids = own
+        if labels is not None and category_ids is not None:
+            raise ValueError(f"{self.ann_file}: give labels or category_ids, not both")
+        if labels is None:
+            labels = LabelMap.from_categories(self.coco.dataset["categories"], order=category_ids,
+                                              source=str(self.ann_file))
         else:
-            category_ids = [int(c) for c in category_ids]
-            unknown = sorted(set(own) - set(category_ids))
-            if unknown:
-                raise ValueError(f"{self.ann_file}: categories {unknown} are not among the model's category ids "
-                                 f"{category_ids}")
-        self.category_ids: list[int] = list(category_ids)
-        self.label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
-        self.label_names = [str(self.category_names.get(cid, cid)) for cid in self.category_ids]
-        self.num_classes = len(self.category_ids) + 1  # + background (label 0)
+            labels.check_covers(self.coco.cats, source=str(self.ann_file))
+        self.labels = labels
+        self.category_ids: list[int] = list(labels.category_ids)
+        self.label_names: list[str] = list(labels.names)
+        self.num_classes = labels.num_classes  # + background (label 0)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def category_id(self, label: int) -> int:
         """The file's category id of training label ``label`` (1..K)."""
-        return self.category_ids[int(label) - 1]
+        return self.labels.category_id(label)
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentation depends on (seed, epoch, index) only, so it survives a resume."""
@@ -187,7 +191,7 @@ class CocoDetection(torch.utils.data.Dataset):
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         target: dict[str, Any] = {
             "boxes": boxes,
-            "labels": torch.tensor([self.label_of[a["category_id"]] for a in keep], dtype=torch.int64),
+            "labels": torch.tensor([self.labels.label(a["category_id"]) for a in keep], dtype=torch.int64),
             "area": torch.tensor([float(a.get("area", 0.0)) for a in keep], dtype=torch.float32),
             "iscrowd": torch.zeros(len(keep), dtype=torch.int64),
             "image_id": int(image_id),

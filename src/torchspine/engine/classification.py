@@ -261,7 +261,7 @@ def _train_classifier(cfg: ClassifyConfig, info: Any, device: torch.device, out:
     final = r.final_eval or {}
     weights = save_model(final_model, out / "model.safetensors",
                          info=final_model_info("classification", num_classes=num_classes,
-                                               label_names=list(train_set.classes), category_ids=None,
+                                               label_names=list(train_set.classes),
                                                image_size=cfg.image_size, steps=r.steps, metrics=final))
     return {"top1": final.get("top1"), "top5": final.get("top5"), "history": history,
             "classes": train_set.classes, "weights": str(weights), "steps": r.steps,

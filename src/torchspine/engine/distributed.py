@@ -21,9 +21,14 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "AllReduceBatchNorm2d", "convert_batchnorm",
-           "globalize_loss_normalizer", "wrap_for_training"]
+           "globalize_loss_normalizer", "is_distributed", "wrap_for_training"]
 
 logger = logging.getLogger(__name__)
+
+
+def is_distributed() -> bool:
+    """A process group of two or more processes is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,7 @@ class AllReduceBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics cover every process's batch (CPU / gloo)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not (self.training and is_distributed()):
             return super().forward(x)
         # Two passes (mean, then centred squares) rather than E[x^2] - E[x]^2, which loses
         # precision when |mean| >> std; both sums are all-reduced with autograd-aware ops.
@@ -158,7 +163,7 @@ def globalize_loss_normalizer(model: nn.Module) -> bool:
     """
     head = getattr(model, "head", None)
     original = getattr(head, "compute_loss", None)
-    if original is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+    if original is None or not is_distributed():
         return False
     world = dist.get_world_size()
 

@@ -20,6 +20,7 @@ from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 
 from torchspine.data.coco import CocoDetection, collate_detection
+from torchspine.data.labels import LabelMap
 
 __all__ = ["STAT_NAMES", "coco_metrics", "evaluate_coco", "format_table", "to_coco_results"]
 
@@ -69,7 +70,7 @@ def coco_metrics(coco_gt: COCO, results: list[dict], *, iou_type: str = "bbox",
 def evaluate_coco(model: nn.Module, data: CocoDetection | Iterable, *, coco_gt: COCO | None = None,
                   device: str | torch.device = "cpu", batch_size: int = 4, max_images: int | None = None,
                   with_masks: bool | None = None, progress: bool = False,
-                  category_ids: Sequence[int] | None = None) -> dict[str, Any]:
+                  labels: LabelMap | None = None, category_ids: Sequence[int] | None = None) -> dict[str, Any]:
     """Run ``model`` (eval mode, torchvision detection API) over ``data`` and score it.
 
     Args:
@@ -77,17 +78,19 @@ def evaluate_coco(model: nn.Module, data: CocoDetection | Iterable, *, coco_gt: 
             ``(images, targets)`` batches with ``coco_gt`` given.
         max_images: score only the first ``max_images`` images.
         with_masks: also score masks (``segm``); default: when predictions carry masks.
-        category_ids: ``category_ids[label - 1]`` is the file's id of the model's label
-            (the ``category_ids`` saved with a trained model); default: the dataset's mapping.
+        labels: the model's label map (:class:`~torchspine.data.labels.LabelMap`, e.g.
+            ``LabelMap.from_info`` of a saved model); default: the dataset's ``labels``.
+        category_ids: the same as contiguous ids (``category_ids[label - 1]`` is the file's id).
 
     Returns ``{"AP", "AP50", ..., "mask_AP", ..., "num_images", "seconds"}`` (box metrics
     unprefixed, mask metrics prefixed ``mask_``).
     """
     device = torch.device(device)
+    labels = _label_map(labels, category_ids)
     if isinstance(data, CocoDetection):
         coco_gt = data.coco
-        if category_ids is None:
-            category_ids = data.category_ids
+        if labels is None:
+            labels = data.labels
         n = len(data) if max_images is None else min(max_images, len(data))
         subset = torch.utils.data.Subset(data, range(n))
         loader: Iterable = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False,
@@ -112,7 +115,7 @@ def evaluate_coco(model: nn.Module, data: CocoDetection | Iterable, *, coco_gt: 
             out = {k: v.detach().cpu() for k, v in out.items()}
             if with_masks is False:
                 out.pop("masks", None)
-            for r in to_coco_results(out, t["image_id"], category_ids=category_ids):
+            for r in to_coco_results(out, t["image_id"], labels=labels):
                 boxes.append({k: v for k, v in r.items() if k != "segmentation"})
                 if "segmentation" in r:
                     masks.append(r)
@@ -153,16 +156,27 @@ def format_table(metrics: dict[str, Any], class_names: dict[str, str] | None = N
     return "\n".join(lines)
 
 
+def _label_map(labels: LabelMap | None, category_ids: Sequence[int] | None) -> LabelMap | None:
+    if labels is not None and category_ids is not None:
+        raise ValueError("give labels or category_ids, not both")
+    if category_ids is not None:
+        return LabelMap.from_categories([], order=category_ids)
+    return labels
+
+
 def to_coco_results(detections: dict[str, Tensor], image_id: int, *, score_thresh: float = 0.0,
+                    labels: LabelMap | None = None,
                     category_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """COCO result entries for one image (boxes as ``[x, y, w, h]``; masks as RLE).
 
-    ``category_ids``: the model's label mapping (``category_ids[label - 1]`` is the file's id,
-    as saved with a trained model); ``None`` writes the labels themselves.
+    ``labels``: the model's label map (:class:`~torchspine.data.labels.LabelMap`) gives each
+    entry's ``category_id``; ``category_ids`` the same as contiguous ids (``category_ids[label
+    - 1]`` is the file's id); neither writes the labels themselves.
     """
+    labels = _label_map(labels, category_ids)
     keep = detections["scores"] >= score_thresh
     boxes = detections["boxes"][keep].tolist()
-    labels = detections["labels"][keep].tolist()
+    predicted = detections["labels"][keep].tolist()
     scores = detections["scores"][keep].tolist()
     rles = None
     if "masks" in detections:
@@ -174,8 +188,8 @@ def to_coco_results(detections: dict[str, Tensor], image_id: int, *, score_thres
         for r in rles:
             r["counts"] = r["counts"].decode("ascii")
     out = []
-    for j, ((x1, y1, x2, y2), lbl, s) in enumerate(zip(boxes, labels, scores)):
-        cat = int(lbl) if category_ids is None else int(category_ids[int(lbl) - 1])
+    for j, ((x1, y1, x2, y2), lbl, s) in enumerate(zip(boxes, predicted, scores)):
+        cat = int(lbl) if labels is None else labels.category_id(lbl)
         entry: dict[str, Any] = {"image_id": int(image_id), "category_id": cat,
                                  "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                                  "score": round(float(s), 5)}

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch.distributed as dist
 
 from torchspine.engine.checkpoint import clean_orphans, load_checkpoint, rng_state, save_checkpoint
+from torchspine.engine.distributed import is_distributed
 from torchspine.engine.loop import HookBase, Trainer
 
 __all__ = ["CheckpointHook", "EvalHook", "LogHook", "barrier", "gather_rng_states", "is_main", "resume"]
@@ -19,23 +20,19 @@ __all__ = ["CheckpointHook", "EvalHook", "LogHook", "barrier", "gather_rng_state
 logger = logging.getLogger(__name__)
 
 
-def _dist() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def is_main() -> bool:
-    return not _dist() or dist.get_rank() == 0
+    return not is_distributed() or dist.get_rank() == 0
 
 
 def barrier() -> None:
-    if _dist():
+    if is_distributed():
         dist.barrier()
 
 
 def gather_rng_states() -> list[dict[str, Any]]:
     """Every process's RNG states, in rank order (on rank 0; the others get their own only)."""
     mine = rng_state()
-    if not _dist():
+    if not is_distributed():
         return [mine]
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, mine)

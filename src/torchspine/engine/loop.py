@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from torchspine.engine.distributed import is_distributed
 from torchspine.layers.dropout import mix_seed, sample_noise
 
 __all__ = ["HookBase", "NonFiniteLossError", "ResumableBatchSampler", "SeededSamples", "Trainer", "TrainerBase",
@@ -254,10 +255,6 @@ def _to_channels_last(batch: Any) -> Any:
     return batch
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 class Trainer(TrainerBase):
     """One SGD step per call of :meth:`run_step`.
 
@@ -303,13 +300,13 @@ class Trainer(TrainerBase):
         t0 = time.perf_counter()
         batch, seeds, n_local = next(self._iterator)
         smallest = n_local
-        if _distributed():
+        if is_distributed():
             # One tiny collective every step, on the step's device (NCCL has no CPU backend):
             # every rank learns the smallest local batch, so all of them take the same path.
             mins = torch.tensor([float(n_local)], dtype=torch.float32, device=self.device)
             dist.all_reduce(mins, op=dist.ReduceOp.MIN)
             smallest = int(mins[0])
-        total = n_local * (dist.get_world_size() if _distributed() else 1)
+        total = n_local * (dist.get_world_size() if is_distributed() else 1)
         lr = self.optimizer.param_groups[0]["lr"]
         if smallest == 0:
             # Some rank has no readable image in its share: every rank skips the update
@@ -328,7 +325,7 @@ class Trainer(TrainerBase):
             losses = self.loss_fn(self.model, batch)
         loss = sum(losses.values()) if isinstance(losses, dict) else losses
         value = loss.detach().float()
-        if _distributed():
+        if is_distributed():
             value = value.clone()
             dist.all_reduce(value)
             value /= dist.get_world_size()

@@ -3,7 +3,8 @@ rebuild it with the settings it was trained with, and resolve the run's paths.
 
 A run folder (``torchspine train --out RUN``) holds ``model.safetensors`` in the one saved-model
 format (:mod:`torchspine.models.saved`: model name, overrides and an ``info`` dict with
-``num_classes``, ``label_names``, ``category_ids``, ``image_size``, ``preprocessing``) and
+``num_classes``, the label map (``label_convention``, ``category_ids``, ``label_names``: see
+:mod:`torchspine.data.labels`), ``image_size``, ``preprocessing``) and
 ``config.json`` (the training config). :func:`load_trained` accepts the folder, the file, or a
 model file written before the ``info`` dict existed (then the folder's ``config.json`` and its
 annotation file supply the same facts).
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+from torchspine.data.labels import LabelMap
 
 __all__ = ["TrainedModel", "find_model_file", "load_run_config", "load_trained", "resolve_pretrained",
            "resolve_run_path", "resume_config"]
@@ -53,23 +56,32 @@ class TrainedModel:
         return int(v) if v is not None else None
 
     @property
+    def labels(self) -> LabelMap | None:
+        """The model's label map (:meth:`LabelMap.from_info` of its ``info``); a detector with
+        the official 91 classes and no recorded names gets the COCO names (label = category id)."""
+        if self._official_coco:
+            from torchspine.weights.catalogue import coco_label_names
+
+            return LabelMap.by_category_id(coco_label_names())
+        return LabelMap.from_info(self.info, source=str(self.path))
+
+    @property
+    def _official_coco(self) -> bool:
+        return not self.info.get("label_names") and not self.info.get("category_ids") and self.num_classes == 91
+
+    @property
     def label_names(self) -> list[str] | None:
-        """Name of each label, index = label (label 0, the background, first), when the run
-        recorded them (the saved ``info`` lists the names of labels 1..K)."""
-        names = self.info.get("label_names")
-        if not names:
-            return None
-        names = [str(n) for n in names]
-        return ["__background__", *names] if len(names) == (self.num_classes or 0) - 1 else names
+        """Name of each label, index = label (label 0, the background, first), when the model
+        records them (or has the official COCO label space)."""
+        labels = self.labels
+        named = self.info.get("label_names") or self._official_coco
+        return labels.names_by_label if labels is not None and named else None
 
     def category_id(self, label: int) -> int:
-        """The annotation file's category id of label ``label`` (``category_ids[label - 1]``)."""
-        ids = self.info.get("category_ids")
-        if not ids:
-            return int(label)
-        if len(ids) == (self.num_classes or 0) - 1:
-            return int(ids[label - 1]) if 1 <= label <= len(ids) else int(label)
-        return int(ids[label]) if 0 <= label < len(ids) else int(label)  # labels were the file's ids
+        """The annotation file's category id of label ``label`` (the label itself when the
+        model records no map)."""
+        labels = self.labels
+        return int(label) if labels is None else labels.category_id(label)
 
 
 def find_model_file(path: str | os.PathLike) -> tuple[Path, Path | None]:
@@ -139,9 +151,8 @@ def _legacy_info(cfg: dict[str, Any], run_dir: Path | None) -> dict[str, Any]:
     if ann is not None:
         data = read_json(resolve_run_path(ann, run_dir, what="train_ann"), what="annotation file")
         cats = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
-        n = max(cats) + 1 if cats else 1  # labels are the file's category ids (CocoDetection)
-        info.update(num_classes=n, label_names=[cats.get(i, str(i)) for i in range(n)],
-                    category_ids=list(range(n)))
+        n = max(cats) + 1 if cats else 1  # such runs trained on the file's category ids as labels
+        info.update(num_classes=n, **LabelMap.by_category_id([cats.get(i, str(i)) for i in range(n)]).to_info())
     return info
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from torchspine.data.checks import check_batch_size
 from torchspine.data.coco import CocoDetection, collate_detection
+from torchspine.data.labels import LabelMap
 from torchspine.data.synth import ensure_synth
 from torchspine.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transforms, build_train_transforms
 from torchspine.engine.build import build_model
@@ -73,7 +74,7 @@ def build_datasets(cfg: TrainConfig, *, with_masks: bool) -> tuple[CocoDetection
                              transforms=build_train_transforms(cfg.image_size, scale_range=cfg.scale_jitter,
                                                                hflip_prob=cfg.hflip_prob))
     val_ds = CocoDetection(val_ann, val_images, with_masks=with_masks, skip_bad=cfg.skip_bad_annotations,
-                           transforms=build_eval_transforms(), category_ids=train_ds.category_ids,
+                           transforms=build_eval_transforms(), labels=train_ds.labels,
                            skip_flag="--skip-bad-annotations")
     return train_ds, val_ds
 
@@ -101,16 +102,19 @@ def setup_run(*, device_name: str, seed: int, num_threads: int | None, determini
     return info, device, out
 
 
-def final_model_info(task: str, *, num_classes: int, label_names: list[str], category_ids: list[int] | None,
-                     image_size: int, steps: int, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The ``info`` saved with a trained model (see :func:`torchspine.models.saved.save_model`)."""
-    info: dict[str, Any] = {"task": task, "num_classes": num_classes, "label_names": label_names,
-                            "image_size": image_size,
+def final_model_info(task: str, *, num_classes: int, image_size: int, steps: int, metrics: dict[str, Any],
+                     labels: LabelMap | None = None, label_names: list[str] | None = None) -> dict[str, Any]:
+    """The ``info`` saved with a trained model (see :func:`torchspine.models.saved.save_model`):
+    a detector's label map (``labels``, written by :meth:`LabelMap.to_info`) or a classifier's
+    class names (``label_names``, index = class)."""
+    info: dict[str, Any] = {"task": task, "num_classes": num_classes, "image_size": image_size,
                             "preprocessing": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
                             "provenance": {"trained_steps": steps,
                                            **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}}
-    if category_ids is not None:
-        info["category_ids"] = category_ids
+    if labels is not None:
+        info.update(labels.to_info())
+    elif label_names is not None:
+        info["label_names"] = list(label_names)
     return info
 
 
@@ -225,7 +229,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, out: Path, mo
     save_model(final_model, out / "model.safetensors",
                name=None if recorded else cfg.model, overrides=None if recorded else dict(cfg.model_overrides),
                info=final_model_info("detection", num_classes=train_ds.num_classes,
-                                     label_names=train_ds.label_names, category_ids=train_ds.category_ids,
+                                     labels=train_ds.labels,
                                      image_size=cfg.image_size, steps=r.steps, metrics=final))
     result = {**final, "steps": r.steps, "train_seconds": r.train_seconds, "images_per_second": r.images_per_second,
               "num_train_images": len(train_ds), "corrupt_images_skipped": train_ds.num_corrupt,

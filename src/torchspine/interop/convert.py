@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchspine.data.labels import BY_CATEGORY_ID
 from torchspine.interop.codebase import (
     CODEBASE_DEFAULTS,
     CODEBASE_NAMES,
@@ -98,6 +99,8 @@ class ConversionResult:
             out["num_classes"] = self.settings["num_classes"]
         if task == "classifier" and self.settings.get("num_classes") == 1001:
             out["background_class"] = 0  # tensorflow/tpu ImageNet convention: 1000 classes + background
+        if task in ("detector", "instance_segmentation"):
+            out["label_convention"] = BY_CATEGORY_ID  # the official detectors' class index is the category id
         return out
 
 

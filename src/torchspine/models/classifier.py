@@ -29,8 +29,8 @@ from torch import nn
 
 from torchspine.layers.resample import resize_nearest
 from torchspine.models.backbone import SpineNet
-from torchspine.models.registry import create_model, register_model, register_variant
-from torchspine.specs.spec import NormSpec, SpineNetSpec
+from torchspine.models.registry import create_model, model_info, register_model, register_variant
+from torchspine.specs.spec import SpineNetSpec
 
 __all__ = ["SpineNetClassifier", "FeatureCombination"]
 
@@ -133,26 +133,20 @@ def _split_classifier_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
     return {k: kw.pop(k) for k in ("num_classes", "feature_combination", "level", "drop_rate") if k in kw}
 
 
-def _set_norm_(net: SpineNet, norm: NormSpec) -> None:
-    """Switch a built SpineNet's BatchNorm settings in place (what building it with ``norm`` gives)."""
-    net.spec = net.spec.replace(norm=norm)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = 1.0 - norm.momentum  # PyTorch momentum = 1 - TF momentum (create_norm)
-            m.eps = norm.epsilon
-
-
 def build_classifier(backbone: str | SpineNetSpec | nn.Module, **kwargs: Any) -> SpineNetClassifier:
     """A classifier on a registered backbone name, a spec, or a backbone module.
 
     Keywords ``num_classes``, ``feature_combination``, ``level``, ``drop_rate`` go to the
     classifier; the rest are backbone overrides (spec fields). Unless given, BatchNorm uses the
-    official classification settings (:data:`CLASSIFIER_NORM`)."""
+    official classification settings (:data:`CLASSIFIER_NORM`), passed to the backbone when it is
+    built (a SpineNet family: a spec, or a registered family named ``spinenet*``)."""
     cls_kw = _split_classifier_kwargs(kwargs)
     # Official classification configs use BN momentum 0.9 / epsilon 1e-5 (tensorflow/tpu
     # models/official/detection/configs/spinenet/spinenet49_classification.yaml),
     # not the detectors' 0.997 / 1e-4 (whose running statistics barely move in a short run).
-    official_norm = not isinstance(backbone, nn.Module) and not {"norm", "momentum", "epsilon"} & set(kwargs)
+    if not isinstance(backbone, nn.Module) and not {"norm", "momentum", "epsilon"} & set(kwargs) and (
+            isinstance(backbone, SpineNetSpec) or model_info(backbone).family.startswith("spinenet")):
+        kwargs = {**kwargs, **CLASSIFIER_NORM}  # spec fields: every create_norm of the backbone gets them
     if isinstance(backbone, SpineNetSpec):
         net: nn.Module = SpineNet(backbone.replace(**kwargs) if kwargs else backbone)
     elif isinstance(backbone, str):
@@ -161,8 +155,6 @@ def build_classifier(backbone: str | SpineNetSpec | nn.Module, **kwargs: Any) ->
         if kwargs:
             raise ValueError(f"classifier: backbone overrides {sorted(kwargs)} need a backbone name or spec")
         net = backbone
-    if official_norm and isinstance(net, SpineNet):
-        _set_norm_(net, NormSpec(**CLASSIFIER_NORM))
     if not hasattr(net, "out_channels"):
         raise ValueError(f"classifier: backbone {backbone!r} has no out_channels (not a pyramid backbone)")
     return SpineNetClassifier(net, **cls_kw)

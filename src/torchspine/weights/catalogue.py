@@ -242,10 +242,12 @@ def _verified(e: PretrainedWeights) -> str:
         how = "outputs = official (Model Garden-written checkpoint, local server)"
     elif e.overrides.get("flavor") == "tpu":  # tensorflow/tpu SpineNet-MBConv
         how = "published parameter count of the detector"
-    elif e.task == "detector":
-        how = "full-size layout (backbone + head) vs TF1 tpu-style graph"
+    elif e.task == "backbone":
+        how = "full-size backbone layout vs TF1 tpu-style graph"
     else:
-        how = "full-size backbone layout vs TF1 tpu-style graph" + ("" if e.task == "backbone" else "; head not checked")
+        head = {"instance_segmentation": "RPN, box and mask heads",
+                "classifier": "classification head"}.get(e.task, "head")
+        how = f"full-size layout (backbone + {head}) vs TF1 tpu-style graph"
     return how + "; file not fetched"
 
 

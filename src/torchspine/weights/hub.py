@@ -340,13 +340,13 @@ def fetch(entry: PretrainedWeights, *, offline: bool | None = None, progress: bo
 
 def convert_entry(entry: PretrainedWeights, checkpoint: str, out: str | os.PathLike) -> Path:
     """Convert an unpacked official checkpoint with the entry's settings and save it with its info."""
+    from torchspine.data.labels import LabelMap
     from torchspine.interop.convert import build_converted, convert_checkpoint
     from torchspine.models.saved import save_model
     from torchspine.weights.catalogue import coco_label_names, imagenet_label_names
 
     result = convert_checkpoint(checkpoint, entry.model, codebase=entry.codebase, overrides=dict(entry.overrides))
     model = build_converted(entry.model, result.overrides, result.state_dict)
-    labels = {"coco91": coco_label_names, "imagenet1001": imagenet_label_names}.get(entry.labels or "")
     info: dict[str, Any] = {
         "task": entry.task, "num_classes": entry.num_classes, "image_size": entry.input_size,
         "weights": entry.name, "published": entry.published,
@@ -354,11 +354,10 @@ def convert_entry(entry: PretrainedWeights, checkpoint: str, out: str | os.PathL
                        "checkpoint": Path(checkpoint).name, "part_of": entry.part_of,
                        "sha256": _recorded(entry.archive).get("sha256")},
     }
-    if labels is not None:
-        names = labels()
-        info["label_names"] = names
-        if entry.labels == "coco91":
-            info["category_ids"] = list(range(len(names)))  # class index = COCO category id
+    if entry.labels == "coco91":  # the official detectors: label = COCO category id
+        info.update(LabelMap.by_category_id(coco_label_names()).to_info())
+    elif entry.labels == "imagenet1001":  # a classifier: class names, index = class
+        info["label_names"] = imagenet_label_names()
     return save_model(model, out, name=entry.model, overrides=result.overrides, info=info)
 
 
