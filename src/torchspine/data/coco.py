@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from torchspine.data.checks import check_coco, clip_box, enforce
+from torchspine.data.checks import check_coco, clip_box, enforce, record_key, stored_size
 from torchspine.data.images import read_image_array
 from torchspine.data.transforms import Compose, build_eval_transforms
 from torchspine.utils import read_json
@@ -51,7 +51,8 @@ logger = logging.getLogger(__name__)
 
 
 def load_coco(ann_file: str | os.PathLike, *, image_dir: str | os.PathLike | None = None,
-              skip_bad: bool = False, require_annotations: bool = False, skip_flag: str | None = None) -> COCO:
+              skip_bad: bool = False, require_annotations: bool = False, skip_flag: str | None = None,
+              with_masks: bool = True) -> COCO:
     """Read, check and index an annotation file; bad records stop the run or (``skip_bad``)
     are removed before pycocotools indexes the file. Boxes partly outside their image are
     clipped, boxes entirely outside it and zero-area boxes dropped (logged with counts).
@@ -61,12 +62,16 @@ def load_coco(ann_file: str | os.PathLike, *, image_dir: str | os.PathLike | Non
             otherwise it is accepted with a warning (evaluation).
         skip_flag: the command-line option that sets ``skip_bad``, named in the error message
             (``None``: the caller has none, the message says to fix the file).
+        with_masks: check the segmentations too (they are rasterised only for masks).
+
+    Defaults are filled the way COCO evaluation needs them: a missing ``area`` becomes the box
+    area ``w * h`` (logged with a count at INFO level), a missing ``iscrowd`` 0, a missing category name the id.
     """
     ann_file = Path(ann_file)
     data = read_json(ann_file, what="annotation file")
     if not isinstance(data, dict):
         raise ValueError(f"{ann_file}: top level must be an object with images/annotations/categories")
-    report = check_coco(data, image_dir=image_dir, source=str(ann_file))
+    report = check_coco(data, image_dir=image_dir, source=str(ann_file), segmentation=with_masks)
     if require_annotations and not data["annotations"]:
         raise ValueError(f"{ann_file}: the 'annotations' list is empty: there is nothing to train on")
     bad_images, bad_anns = enforce(report, skip_bad=skip_bad, skip_flag=skip_flag)
@@ -81,16 +86,29 @@ def load_coco(ann_file: str | os.PathLike, *, image_dir: str | os.PathLike | Non
         seen_i, seen_a = set(), set()
         images = []
         for img in data["images"]:
-            if img.get("id") not in bad_images and img.get("id") not in seen_i:
+            if record_key(img.get("id")) not in bad_images and img.get("id") not in seen_i:
                 seen_i.add(img["id"])
                 images.append(img)
         anns = []
         for a in data["annotations"]:
-            if a.get("id") in bad_anns or a.get("image_id") not in seen_i or a.get("id") in seen_a:
+            if (record_key(a.get("id")) in bad_anns or record_key(a.get("image_id")) not in seen_i
+                    or a.get("id") in seen_a):
                 continue
             seen_a.add(a["id"])
             anns.append(a)
         data = {**data, "images": images, "annotations": anns}
+    # pycocotools' COCOeval reads gt["area"] and gt["iscrowd"] (a KeyError without them) and the
+    # evaluation summary reads each category's "name".
+    no_area = sum(a.get("area") is None for a in data["annotations"])
+    if no_area:
+        logger.info("%s: %d annotation(s) without 'area': the box area w*h is used (COCO evaluation's "
+                    "small/medium/large ranges)", ann_file, no_area)
+    data = {**data,
+            "annotations": [a if a.get("area") is not None and "iscrowd" in a else
+                            {**a, "area": float(a["bbox"][2]) * float(a["bbox"][3]) if a.get("area") is None
+                             else a["area"], "iscrowd": a.get("iscrowd", 0)} for a in data["annotations"]],
+            "categories": [c if c.get("name") not in (None, "") else {**c, "name": str(c["id"])}
+                           for c in data["categories"]]}
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -128,6 +146,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.epoch = 0
         self.replace_corrupt = replace_corrupt
         self.corrupt_image_ids: set = set()  # seen in this process (DataLoader workers: see batch.skipped)
+        self.stored_grid_ids: set = set()  # annotated on the stored pixels: EXIF orientation not applied
         self.category_names = {c["id"]: c["name"] for c in self.coco.dataset["categories"]}
         own = sorted(self.coco.cats)
         if category_ids is None:
@@ -170,12 +189,35 @@ class CocoDetection(torch.utils.data.Dataset):
         if info["id"] in self.corrupt_image_ids:
             return None
         try:
-            arr = read_image_array(path)
+            arr = read_image_array(path, exif_transpose=info["id"] not in self.stored_grid_ids)
+            arr = self._match_recorded_size(arr, info, path)
         except (FileNotFoundError, ValueError) as e:
             self.corrupt_image_ids.add(info["id"])
             logger.warning("skipping corrupt image id %s (%s): %s", info["id"], path, e)
             return None
         return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)  # HWC uint8 -> CHW float
+
+    def _match_recorded_size(self, arr: np.ndarray, info: dict, path: Path) -> np.ndarray:
+        """The image on the pixel grid its boxes refer to, or a ``ValueError`` naming both sizes.
+
+        The reader applies the EXIF orientation (what a viewer shows). When the annotation file's
+        width/height are instead the stored grid (the photo's sides swapped; pycocotools-era tools
+        and torchvision's ``CocoDetection`` read images without EXIF), the boxes refer to the
+        stored pixels, so the image is used as stored. Any other mismatch would put every box in
+        the wrong place: the image is skipped like a corrupt one.
+        """
+        want = (int(info["width"]), int(info["height"]))
+        got = (arr.shape[1], arr.shape[0])
+        if got == want:
+            return arr
+        if info["id"] not in self.stored_grid_ids and stored_size(path) == want:
+            self.stored_grid_ids.add(info["id"])
+            logger.warning("image id %s (%s): the annotation file's size %dx%d is the stored pixel grid, not the "
+                           "%dx%d of its EXIF orientation: used as stored (not rotated) so its boxes fit",
+                           info["id"], path, want[0], want[1], got[0], got[1])
+            return read_image_array(path, exif_transpose=False)
+        raise ValueError(f"image {path} is {got[0]}x{got[1]} but the annotation file says {want[0]}x{want[1]} "
+                         f"(image id {info['id']}): its boxes cannot be placed; fix width/height or the file")
 
     def load_target(self, index: int, height: int, width: int) -> dict[str, Any]:
         image_id = self.ids[index]
@@ -196,7 +238,8 @@ class CocoDetection(torch.utils.data.Dataset):
             masks = np.zeros((len(keep), height, width), dtype=np.uint8)
             for k, a in enumerate(keep):
                 if a.get("segmentation"):
-                    masks[k] = self.coco.annToMask(a)[:height, :width]
+                    m = self.coco.annToMask(a)[:height, :width]  # drawn at the file's width/height
+                    masks[k, :m.shape[0], :m.shape[1]] = m
             target["masks"] = torch.from_numpy(masks)
         return target
 

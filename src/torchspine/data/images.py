@@ -60,10 +60,11 @@ def _to_uint8(arr: np.ndarray, mode: str, path: Path) -> np.ndarray:
     return np.rint((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
-def read_image_pil(path: str | os.PathLike):
+def read_image_pil(path: str | os.PathLike, *, exif_transpose: bool = True):
     """An image file as an 8-bit RGB ``PIL.Image`` (the rules of the module docstring).
 
-    Usable as torchvision ``ImageFolder(loader=...)``.
+    Usable as torchvision ``ImageFolder(loader=...)``. ``exif_transpose=False`` keeps the
+    stored pixel grid (for annotations made on it: see :mod:`torchspine.data.coco`).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -80,7 +81,8 @@ def read_image_pil(path: str | os.PathLike):
             im.load()  # decodes everything: a truncated file fails here, not later
             if im.width < 1 or im.height < 1:
                 raise ValueError(f"zero-size image ({im.width}x{im.height})")
-            im = ImageOps.exif_transpose(im)
+            if exif_transpose:
+                im = ImageOps.exif_transpose(im)
             mode = im.mode
             if mode.startswith("I") or mode == "F":
                 gray = _to_uint8(np.asarray(im), mode, path)
@@ -99,9 +101,9 @@ def read_image_pil(path: str | os.PathLike):
         raise ValueError(f"image {path}: cannot be decoded ({e})") from e
 
 
-def read_image_array(path: str | os.PathLike) -> np.ndarray:
+def read_image_array(path: str | os.PathLike, *, exif_transpose: bool = True) -> np.ndarray:
     """An image file as an ``(H, W, 3)`` uint8 RGB array (see :func:`read_image_pil`)."""
-    return np.array(read_image_pil(path), dtype=np.uint8)
+    return np.array(read_image_pil(path, exif_transpose=exif_transpose), dtype=np.uint8)
 
 
 def read_image(path: str | os.PathLike) -> Tensor:
