@@ -138,7 +138,7 @@ class CocoDetection(torch.utils.data.Dataset):
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder {str(self.image_dir)!r} not found")
         self.coco = load_coco(ann_file, image_dir=image_dir, skip_bad=skip_bad,
-                              require_annotations=require_annotations, skip_flag=skip_flag)
+                              require_annotations=require_annotations, skip_flag=skip_flag, with_masks=with_masks)
         self.ids = sorted(self.coco.imgs)
         self.transforms = transforms if transforms is not None else build_eval_transforms()
         self.with_masks = with_masks
