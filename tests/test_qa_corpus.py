@@ -213,3 +213,76 @@ def test_data_check_names_bad_segmentation_and_size_mismatch(tmp_path, images, c
     assert rc == 1, text
     assert "annotation id 10: segmentation: polygon 0 has 4 numbers" in text
     assert "b.png decodes to 40x30 but the file says 80x60" in text
+
+
+# ------------------------------------------------------------------------------------ importers
+def _png(path: Path, w: int = 40, h: int = 30) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("fmt, name", [("yolo", "a.txt"), ("yolo", "classes.txt"), ("csv", "boxes.csv")])
+def test_import_of_a_file_that_is_not_utf8_names_it(tmp_path, capsys, fmt, name):
+    # Before: "error: 'utf-8' codec can't decode byte 0xe9 in position 5: ..." without the file.
+    _png(tmp_path / "img" / "a.png")
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "classes.txt").write_text("cat\n")
+    (tmp_path / "lab" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "lab" / "boxes.csv").write_text("filename,xmin,ymin,xmax,ymax,class\na.png,1,2,10,12,cat\n")
+    bad = tmp_path / "lab" / name
+    bad.write_bytes(bad.read_bytes().replace(b"cat", b"caf\xe9").replace(b"0.5 0.5", b"0.5 \xe9"))
+    ann = tmp_path / "lab" / ("boxes.csv" if fmt == "csv" else "")
+    rc, text = run_cli(["data", "import", "--format", fmt, "--ann", ann, "--images", tmp_path / "img",
+                        "--out", tmp_path / "out.json"], capsys)
+    assert rc == 2 and f"{bad}: not UTF-8 text" in text, text
+    assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("row, words", [
+    ("a.png,10,12,1,2,cat", "line 2: corners (10, 12) - (1, 2) have the max corner before the min corner"),
+    ("a.png,nan,2,10,12,cat", "line 2: corners (nan, 2) - (10, 12) are not finite numbers"),
+])
+def test_csv_box_that_cannot_be_converted_names_its_line(tmp_path, capsys, row, words):
+    # Before: "annotation id 1: bbox [10.0, 12.0, -9.0, -10.0] has a negative size" (an id the
+    # CSV does not have); a NaN corner: "bbox [nan, ...] is not 4 finite numbers", no line.
+    _png(tmp_path / "img" / "a.png")
+    csv_file = tmp_path / "b.csv"
+    csv_file.write_text("filename,xmin,ymin,xmax,ymax,class\n" + row + "\n")
+    rc, text = run_cli(["data", "import", "--format", "csv", "--ann", csv_file, "--images", tmp_path / "img",
+                        "--out", tmp_path / "out.json"], capsys)
+    assert rc == 2 and f"CSV file {csv_file}, {words}" in text, text
+
+
+def test_voc_inverted_box_names_the_xml_object_and_its_values(tmp_path, capsys):
+    _png(tmp_path / "img" / "a.png")
+    (tmp_path / "voc").mkdir()
+    xml = tmp_path / "voc" / "a.xml"
+    xml.write_text("<annotation><filename>a.png</filename><size><width>40</width><height>30</height></size>"
+                   "<object><name>cat</name><bndbox><xmin>20</xmin><ymin>2</ymin><xmax>10</xmax><ymax>12</ymax>"
+                   "</bndbox></object></annotation>")
+    rc, text = run_cli(["data", "import", "--format", "voc", "--ann", tmp_path / "voc", "--images", tmp_path / "img",
+                        "--out", tmp_path / "out.json"], capsys)
+    assert rc == 2 and f"VOC file {xml}, object 1 (bndbox xmin 20 ymin 2 xmax 10 ymax 12" in text, text
+
+
+def test_yolo_import_of_an_exif_rotated_photo_uses_the_image_as_shown(tmp_path):
+    # YOLO labels are fractions of the image as shown (Ultralytics sizes images with exif_size in
+    # ultralytics/data/utils.py). Stored 60x40 with orientation 6 is shown 40x60, the white block at
+    # x 32..38, y 5..15 (see _exif_jpeg): label cx = 35/40, cy = 10/60, w = 6/40, h = 10/60.
+    # Before: the stored 60x40 was used: width 60, height 40, the box at x 47..56, y 3..10 (black).
+    from torchspine.data.importers import import_yolo
+
+    (tmp_path / "img").mkdir()
+    _exif_jpeg(tmp_path / "img" / "r.jpg", 6)
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "r.txt").write_text(f"0 {35 / 40} {10 / 60} {6 / 40} {10 / 60}\n")
+    res = import_yolo(tmp_path / "lab", tmp_path / "img", classes=["block"])
+    assert res.ok, res.report.summary()
+    assert (res.coco["images"][0]["width"], res.coco["images"][0]["height"]) == (40, 60)
+    assert res.coco["annotations"][0]["bbox"] == pytest.approx([32, 5, 6, 10], abs=1e-3)
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(res.coco))
+    image, target = CocoDetection(ann, tmp_path / "img")[0]
+    x0, y0, x1, y1 = target["boxes"][0].round().int().tolist()
+    assert image[:, y0:y1, x0:x1].mean() > 0.9
