@@ -286,3 +286,94 @@ def test_yolo_import_of_an_exif_rotated_photo_uses_the_image_as_shown(tmp_path):
     image, target = CocoDetection(ann, tmp_path / "img")[0]
     x0, y0, x1, y1 = target["boxes"][0].round().int().tolist()
     assert image[:, y0:y1, x0:x1].mean() > 0.9
+
+
+# ---------------------------------------------------------------------------------- model files
+TINY = {"filter_size_scale": 0.25, "endpoints_num_filters": 16, "head_num_filters": 16}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> tuple[Path, dict, dict]:
+    """A tiny saved detector: (file, its tensors, its metadata)."""
+    import torchspine
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = tmp_path_factory.mktemp("model") / "good.safetensors"
+    model = torchspine.create_model("retinanet_spinenet49s", num_classes=2, image_size=64, **TINY)
+    torchspine.save_model(model, path, info={"task": "detector", "num_classes": 2, "label_names": ["a"],
+                                             "category_ids": [1], "image_size": 64})
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    return path, load_file(str(path)), meta
+
+
+def _variant(tmp_path: Path, saved, *, tensors=None, **meta) -> Path:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "variant.safetensors"
+    save_file(tensors if tensors is not None else saved[1], str(path), metadata={**saved[2], **meta})
+    return path
+
+
+def test_half_precision_file_loads_into_a_float32_model_that_runs(tmp_path, saved):
+    # Before: load_model kept the file's float16 tensors (load_state_dict(assign=True)) and the
+    # first forward failed: "Input type (torch.FloatTensor) and weight type (torch.HalfTensor)".
+    import torchspine
+
+    half = {k: v.half() if v.is_floating_point() else v for k, v in saved[1].items()}
+    model = torchspine.load_model(_variant(tmp_path, saved, tensors=half))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 64)])
+    assert set(out[0]) >= {"boxes", "scores", "labels"}
+
+
+@pytest.mark.parametrize("how, words", [
+    (lambda v: v.to(torch.int32), "tensors are not floating point where the model's are"),
+    (lambda v: torch.full_like(v, float("nan")), "tensors hold NaN or infinite values"),
+])
+def test_integer_or_nan_weights_are_refused_by_load_model_and_predict(tmp_path, saved, capsys, how, words):
+    # Before: int32 weights: a RuntimeError from load_state_dict in load_model, and `predict`
+    # truncated them to integers silently; NaN weights: predict wrote 0 detections, exit 0.
+    import torchspine
+
+    bad = {k: how(v) if v.is_floating_point() else v for k, v in saved[1].items()}
+    path = _variant(tmp_path, saved, tensors=bad)
+    with pytest.raises(ValueError, match=words):
+        torchspine.load_model(path)
+    img = _png(tmp_path / "i.png", 70, 50)
+    rc, text = run_cli(["predict", path, img, "--out", tmp_path / "out", "--no-optimize"], capsys)
+    assert rc == 2 and words in text and str(path) in text, text
+    assert not (tmp_path / "out" / "detections.json").exists()
+
+
+@pytest.mark.parametrize("meta, words", [
+    ({"info": "[1, 2]"}, "damaged metadata: 'info' is not a JSON object"),
+    ({"info": json.dumps({"num_classes": "two"})}, "info field 'num_classes' is 'two'"),
+    ({"info": json.dumps({"image_size": "big"})}, "info field 'image_size' is 'big'"),
+    ({"info": json.dumps({"category_ids": ["x", "y"]})}, "info field 'category_ids' is ['x', 'y']"),
+    ({"info": "{bad"}, "torchspine metadata is damaged"),
+])
+def test_damaged_info_is_named_by_load_model_and_predict(tmp_path, saved, capsys, meta, words):
+    # Before: load_model: TypeError "'list' object is not a mapping"; predict: "AttributeError:
+    # 'list' object has no attribute 'get'", "invalid literal for int() with base 10: 'two'"
+    # (no file named), or the bad field ignored (exit 0); bad JSON was taken for bare weights of
+    # retinanet_spinenet49 and reported as a shape mismatch.
+    import torchspine
+
+    path = _variant(tmp_path, saved, **meta)
+    with pytest.raises(ValueError) as e:
+        torchspine.load_model(path)
+    assert str(path) in str(e.value) and words in str(e.value)
+    rc, text = run_cli(["predict", path, _png(tmp_path / "i.png"), "--out", tmp_path / "out", "--no-optimize"], capsys)
+    assert rc == 2 and words in text and str(path) in text, text
+
+
+def test_overrides_of_the_wrong_type_are_named_by_predict(tmp_path, saved, capsys):
+    # Before: "error: TypeError: '<' not supported between instances of 'str' and 'int' (run
+    # with -v ...)", no file named (predict rebuilds the model with its own overrides).
+    over = {**json.loads(saved[2]["overrides"]), "num_classes": "2"}
+    path = _variant(tmp_path, saved, overrides=json.dumps(over))
+    rc, text = run_cli(["predict", path, _png(tmp_path / "i.png"), "--out", tmp_path / "out", "--no-optimize"], capsys)
+    assert rc == 2 and f"{path}: its metadata (model 'retinanet_spinenet49s'" in text and "TypeError" not in text, text

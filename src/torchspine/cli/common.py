@@ -110,7 +110,7 @@ def run_folder_weights(run: str | None, weights: str | None) -> Path:
 def is_saved_model(weights: str) -> bool:
     """A run folder or a file in the saved-model format (as opposed to bare tensors or a
     catalogue tag)."""
-    from torchspine.models.saved import read_model_metadata
+    from torchspine.models.saved import NoModelMetadata, read_model_metadata
 
     p = Path(weights)
     if p.is_dir():
@@ -120,8 +120,10 @@ def is_saved_model(weights: str) -> bool:
     try:
         read_model_metadata(p)
         return True
-    except ValueError:
+    except NoModelMetadata:
         return (p.parent / "config.json").is_file()  # a run's model file from before the info dict
+    except ValueError:
+        return True  # damaged metadata or an unreadable file: loading it as one names the problem
 
 
 def load_saved_model(weights: str, model: str | None, overrides: dict[str, Any]):
