@@ -377,3 +377,19 @@ def test_overrides_of_the_wrong_type_are_named_by_predict(tmp_path, saved, capsy
     path = _variant(tmp_path, saved, overrides=json.dumps(over))
     rc, text = run_cli(["predict", path, _png(tmp_path / "i.png"), "--out", tmp_path / "out", "--no-optimize"], capsys)
     assert rc == 2 and f"{path}: its metadata (model 'retinanet_spinenet49s'" in text and "TypeError" not in text, text
+
+
+# ------------------------------------------------------------------------------ train arguments
+@pytest.mark.parametrize("argv, words", [
+    (["--lr", "nan"], "value given for 'lr' (over recipe demo_synth.json): field 'lr' must be a non-negative number"),
+    (["--set", "model_overrides=5"], "value given for 'model_overrides' (over recipe demo_synth.json): field "
+                                     "'model_overrides' must be an object, got 5"),
+    (["--set", "model_overrides.head_num_filters=16"],
+     "a model keyword goes in --set 'model_overrides={\"head_num_filters\": ...}'"),
+])
+def test_train_names_the_command_line_value_not_the_recipe(capsys, argv, words):
+    # Before: "demo_synth.json: field 'model_overrides' must be an object, got 5" (the packaged
+    # recipe blamed for a command-line value), and for a dotted key the hint repeated the prefix:
+    # --set 'model_overrides={"model_overrides.head_num_filters": ...}'.
+    rc, text = run_cli(["train", "--config", "demo_synth", *argv], capsys)
+    assert rc == 2 and words in text, text
