@@ -393,3 +393,19 @@ def test_train_names_the_command_line_value_not_the_recipe(capsys, argv, words):
     # --set 'model_overrides={"model_overrides.head_num_filters": ...}'.
     rc, text = run_cli(["train", "--config", "demo_synth", *argv], capsys)
     assert rc == 2 and words in text, text
+
+
+@pytest.mark.parametrize("content, words", [
+    ("[]", "expected a COCO object with an 'images' list"),
+    ('{"images": 5}', "expected a COCO object with an 'images' list"),
+    ('{"images": [{"file_name": "i.png", "id": "x"}]}', "images[0] needs an integer 'id' and a 'file_name'"),
+    ('{"images": [{"file_name": "i.png"}]}', "images[0] needs an integer 'id' and a 'file_name'"),
+])
+def test_predict_ann_that_is_not_a_coco_image_list_is_named(tmp_path, saved, capsys, content, words):
+    # Before: "AttributeError: 'list' object has no attribute 'get'", "KeyError: 'id'",
+    # "TypeError: 'int' object is not iterable", "invalid literal for int() with base 10: 'x'".
+    ann = tmp_path / "ann.json"
+    ann.write_text(content)
+    rc, text = run_cli(["predict", saved[0], _png(tmp_path / "i.png"), "--ann", ann, "--out", tmp_path / "out",
+                        "--no-optimize"], capsys)
+    assert rc == 2 and f"--ann {ann}: {words}" in text, text

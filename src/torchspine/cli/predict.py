@@ -130,9 +130,14 @@ def _image_ids(ann: str | None, files: list[Path]) -> dict[Path, int]:
     from torchspine.utils import read_json
 
     data = read_json(ann, what="annotation file")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"--ann {ann}: expected a COCO object with an 'images' list")
     by_name: dict[str, int] = {}
-    for im in data.get("images", []):
-        by_name.setdefault(Path(str(im.get("file_name", ""))).name, int(im["id"]))
+    for k, im in enumerate(data["images"]):
+        iid = im.get("id") if isinstance(im, dict) else None
+        if not isinstance(iid, int) or isinstance(iid, bool) or not isinstance(im.get("file_name"), str):
+            raise ValueError(f"--ann {ann}: images[{k}] needs an integer 'id' and a 'file_name', got {im!r:.120}")
+        by_name.setdefault(Path(im["file_name"]).name, iid)
     missing = [f.name for f in files if f.name not in by_name]
     if missing:
         raise ValueError(f"--ann {ann}: no image named {missing[0]!r} (and {len(missing) - 1} more inputs) in its "
