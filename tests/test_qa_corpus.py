@@ -409,3 +409,19 @@ def test_predict_ann_that_is_not_a_coco_image_list_is_named(tmp_path, saved, cap
     rc, text = run_cli(["predict", saved[0], _png(tmp_path / "i.png"), "--ann", ann, "--out", tmp_path / "out",
                         "--no-optimize"], capsys)
     assert rc == 2 and f"--ann {ann}: {words}" in text, text
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--weight-decay", "nan"], "classify config: weight_decay=nan must be a finite number >= 0"),
+    (["train", "--warmup-epochs", "nan"], "classify config: warmup_epochs=nan must be a finite number >= 0"),
+    (["train", "--workers", "-1"], "classify config: workers=-1 must be a non-negative integer"),
+    (["train", "--base-lr", "inf"], "classify config: base_lr=inf must be positive"),
+    (["eval", "--weights", "w.safetensors", "--batch-size", "0"], "batch size must be at least 1, got 0"),
+])
+def test_classify_refuses_nan_and_negative_settings_before_training(tmp_path, capsys, argv, words):
+    # Before: --weight-decay nan trained until "NonFiniteLossError: non-finite loss nan at step 2"
+    # (NaN passed the `< 0` check); --workers -1 stopped inside torch's DataLoader; eval
+    # --batch-size 0 failed in the DataLoader ("batch_size should be a positive integer value").
+    rc, text = run_cli(["classify", *argv, "--data", tmp_path / "nothing", "--out", tmp_path / "o"]
+                       if argv[0] == "train" else ["classify", *argv, "--data", tmp_path / "nothing"], capsys)
+    assert rc == 2 and words in text, text
