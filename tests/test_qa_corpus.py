@@ -425,3 +425,19 @@ def test_classify_refuses_nan_and_negative_settings_before_training(tmp_path, ca
     rc, text = run_cli(["classify", *argv, "--data", tmp_path / "nothing", "--out", tmp_path / "o"]
                        if argv[0] == "train" else ["classify", *argv, "--data", tmp_path / "nothing"], capsys)
     assert rc == 2 and words in text, text
+
+
+@pytest.mark.parametrize("h, w", [(3000, 10), (10, 10000), (1, 1)])
+def test_extreme_aspect_ratio_images_are_detected_within_their_bounds(saved, h, w):
+    # Before: a 10 x 3000 px image at image_size 64: torchvision's resize floors the short side
+    # to 0 -> "RuntimeError: Input and output sizes should be greater than 0" (and `predict`
+    # stopped there, leaving the remaining images undone).
+    import torchspine
+
+    model = torchspine.load_model(saved[0], overrides={"score_thresh": 0.0})
+    with torch.no_grad():
+        out = model([torch.rand(3, h, w)])[0]
+    boxes = out["boxes"]
+    assert len(boxes) > 0
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= w + 1e-3).all() and (boxes[:, 3] <= h + 1e-3).all()
