@@ -441,3 +441,25 @@ def test_extreme_aspect_ratio_images_are_detected_within_their_bounds(saved, h, 
     assert len(boxes) > 0
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
     assert (boxes[:, 2] <= w + 1e-3).all() and (boxes[:, 3] <= h + 1e-3).all()
+
+
+def test_tiling_cuts_the_pixel_grid_the_boxes_were_drawn_on(tmp_path):
+    # Before: `data tile` cut the EXIF-rotated image (40x60) while the file's boxes were on the
+    # stored 60x40 grid: the tile's box covered black pixels; a size mismatch was not noticed.
+    from torchspine.data.tiling import tile_dataset
+
+    d = tmp_path / "img"
+    d.mkdir()
+    _exif_jpeg(d / "r.jpg", 6)
+    coco = {"images": [{"id": 1, "file_name": "r.jpg", "width": 60, "height": 40}],
+            "categories": [{"id": 1, "name": "block"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 2, 10, 6], "iscrowd": 0}]}
+    out = tile_dataset(coco, d, tmp_path / "tiles", tile=32, overlap=0.0)
+    for ann in out["annotations"]:
+        tile = next(t for t in out["images"] if t["id"] == ann["image_id"])
+        arr = np.asarray(Image.open(tmp_path / "tiles" / "images" / tile["file_name"]))
+        x, y, w, h = (round(v) for v in ann["bbox"])
+        assert arr[y:y + h, x:x + w].mean() > 230  # white block under the box
+    coco["images"][0].update(width=50, height=50)
+    with pytest.raises(ValueError, match="r.jpg is 40x60 but the annotation file says 50x50"):
+        tile_dataset(coco, d, tmp_path / "tiles2", tile=32, overlap=0.0)

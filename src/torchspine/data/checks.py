@@ -150,17 +150,6 @@ def record_key(v: Any) -> Any:
         return repr(v)
 
 
-def stored_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) of the pixel grid as stored, before any EXIF orientation (header only)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, ValueError, SyntaxError):
-        return None
-
-
 def segmentation_error(seg: Any, width: Any, height: Any) -> str | None:
     """Why pycocotools cannot rasterise ``seg`` on a ``width x height`` image, or ``None``.
 
@@ -282,6 +271,8 @@ def check_coco(dataset: dict, *, image_dir: str | os.PathLike | None = None, sou
                 continue
             w, h = images[iid].get("width"), images[iid].get("height")
             if _finite(w) and _finite(h) and size != (w, h):
+                from torchspine.data.images import stored_size
+
                 if stored_size(files[iid]) == (w, h):  # annotated on the stored pixels, EXIF not applied
                     note(Problem("exif_not_applied", "image", iid,
                                  f"{files[iid]} is {w}x{h} as stored and {size[0]}x{size[1]} after its EXIF "

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from torchspine.data.checks import check_coco, clip_box, enforce, record_key, stored_size
-from torchspine.data.images import read_image_array
+from torchspine.data.checks import check_coco, clip_box, enforce, record_key
+from torchspine.data.images import read_image_array, read_image_as_annotated
 from torchspine.data.transforms import Compose, build_eval_transforms
 from torchspine.utils import read_json
 
@@ -189,35 +189,20 @@ class CocoDetection(torch.utils.data.Dataset):
         if info["id"] in self.corrupt_image_ids:
             return None
         try:
-            arr = read_image_array(path, exif_transpose=info["id"] not in self.stored_grid_ids)
-            arr = self._match_recorded_size(arr, info, path)
+            if info["id"] in self.stored_grid_ids:
+                arr = read_image_array(path, exif_transpose=False)
+            else:
+                arr, stored = read_image_as_annotated(path, info["width"], info["height"])
+                if stored:
+                    self.stored_grid_ids.add(info["id"])
+                    logger.warning("image id %s (%s): the annotation file's size %sx%s is the stored pixel grid, not "
+                                   "the image as its EXIF orientation shows it: used as stored (not rotated) so its "
+                                   "boxes fit", info["id"], path, info["width"], info["height"])
         except (FileNotFoundError, ValueError) as e:
             self.corrupt_image_ids.add(info["id"])
             logger.warning("skipping corrupt image id %s (%s): %s", info["id"], path, e)
             return None
         return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)  # HWC uint8 -> CHW float
-
-    def _match_recorded_size(self, arr: np.ndarray, info: dict, path: Path) -> np.ndarray:
-        """The image on the pixel grid its boxes refer to, or a ``ValueError`` naming both sizes.
-
-        The reader applies the EXIF orientation (what a viewer shows). When the annotation file's
-        width/height are instead the stored grid (the photo's sides swapped; pycocotools-era tools
-        and torchvision's ``CocoDetection`` read images without EXIF), the boxes refer to the
-        stored pixels, so the image is used as stored. Any other mismatch would put every box in
-        the wrong place: the image is skipped like a corrupt one.
-        """
-        want = (int(info["width"]), int(info["height"]))
-        got = (arr.shape[1], arr.shape[0])
-        if got == want:
-            return arr
-        if info["id"] not in self.stored_grid_ids and stored_size(path) == want:
-            self.stored_grid_ids.add(info["id"])
-            logger.warning("image id %s (%s): the annotation file's size %dx%d is the stored pixel grid, not the "
-                           "%dx%d of its EXIF orientation: used as stored (not rotated) so its boxes fit",
-                           info["id"], path, want[0], want[1], got[0], got[1])
-            return read_image_array(path, exif_transpose=False)
-        raise ValueError(f"image {path} is {got[0]}x{got[1]} but the annotation file says {want[0]}x{want[1]} "
-                         f"(image id {info['id']}): its boxes cannot be placed; fix width/height or the file")
 
     def load_target(self, index: int, height: int, width: int) -> dict[str, Any]:
         image_id = self.ids[index]

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["IMAGE_EXTENSIONS", "find_images", "read_image", "read_image_array", "read_image_pil"]
+__all__ = ["IMAGE_EXTENSIONS", "find_images", "read_image", "read_image_array", "read_image_as_annotated",
+           "read_image_pil", "stored_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,38 @@ def read_image_pil(path: str | os.PathLike, *, exif_transpose: bool = True):
         raise ValueError(msg if msg.startswith(f"image {path}") else f"image {path}: cannot be decoded ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError, EOFError) as e:
         raise ValueError(f"image {path}: cannot be decoded ({e})") from e
+
+
+def stored_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) of the pixel grid as stored, before any EXIF orientation (header only)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+def read_image_as_annotated(path: str | os.PathLike, width: int, height: int) -> tuple[np.ndarray, bool]:
+    """``(H, W, 3)`` uint8 RGB on the pixel grid an annotation file's ``width x height`` describe,
+    and whether that is the stored grid (EXIF orientation not applied).
+
+    The reader shows an image as a viewer does (EXIF orientation applied). An annotation file
+    whose width/height are instead the stored grid (the sides swapped; pycocotools-era tools and
+    torchvision's ``CocoDetection`` read images without EXIF) has its boxes on the stored pixels,
+    so the image is returned as stored. Any other mismatch would misplace every box: a
+    ``ValueError`` names the file and both sizes.
+    """
+    arr = read_image_array(path)
+    want = (int(width), int(height))
+    got = (arr.shape[1], arr.shape[0])
+    if got == want:
+        return arr, False
+    if stored_size(path) == want:
+        return read_image_array(path, exif_transpose=False), True
+    raise ValueError(f"image {path} is {got[0]}x{got[1]} but the annotation file says {want[0]}x{want[1]}: its "
+                     "boxes cannot be placed; fix width/height or the file")
 
 
 def read_image_array(path: str | os.PathLike, *, exif_transpose: bool = True) -> np.ndarray:
