@@ -463,3 +463,18 @@ def test_tiling_cuts_the_pixel_grid_the_boxes_were_drawn_on(tmp_path):
     coco["images"][0].update(width=50, height=50)
     with pytest.raises(ValueError, match="r.jpg is 40x60 but the annotation file says 50x50"):
         tile_dataset(coco, d, tmp_path / "tiles2", tile=32, overlap=0.0)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--max-images", "0"], "--max-images must be at least 1, got 0"),
+    (["--batch-size", "0"], "batch size must be at least 1, got 0"),
+    (["--model-overrides", "[1]"], "--model-overrides must be a JSON object of model keywords"),
+])
+def test_eval_refuses_settings_that_evaluate_nothing_or_crash(tmp_path, saved, capsys, argv, words):
+    # Before: --max-images 0 (or -1) scored no image and overwrote eval.json with AP -1, exit 0;
+    # --batch-size 0 stopped in torch's DataLoader; --model-overrides [1] was
+    # "TypeError: cannot convert dictionary update sequence element #0 to a sequence".
+    rc, text = run_cli(["eval", "--weights", saved[0], "--model", "retinanet_spinenet49s", *argv,
+                        "--json", tmp_path / "eval.json"], capsys)
+    assert rc == 2 and words in text, text
+    assert not (tmp_path / "eval.json").exists()
