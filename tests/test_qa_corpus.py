@@ -478,3 +478,12 @@ def test_eval_refuses_settings_that_evaluate_nothing_or_crash(tmp_path, saved, c
                         "--json", tmp_path / "eval.json"], capsys)
     assert rc == 2 and words in text, text
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_windows_path_in_file_name_is_named_with_the_fix(tmp_path):
+    # Before: only "image file '.../sub\\a.png' not found" (a COCO file written on Windows).
+    _png(tmp_path / "img" / "sub" / "a.png")
+    data = {"images": [{"id": 1, "file_name": "sub\\a.png", "width": 40, "height": 30}], "annotations": [],
+            "categories": [{"id": 1, "name": "x"}]}
+    (msg,) = [p.message for p in check_coco(data, image_dir=tmp_path / "img").problems]
+    assert "not found (a Windows path: the file is at 'sub/a.png'; write / in file_name)" in msg

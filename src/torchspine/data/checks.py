@@ -258,6 +258,8 @@ def check_coco(dataset: dict, *, image_dir: str | os.PathLike | None = None, sou
             path = Path(image_dir) / name
             if not path.is_file():
                 what = "is a folder, not an image file" if path.is_dir() else "not found"
+                if "\\" in name and (Path(image_dir) / name.replace("\\", "/")).is_file():
+                    what += f" (a Windows path: the file is at {name.replace(chr(92), '/')!r}; write / in file_name)"
                 add(Problem("missing_image_file", "image", iid, f"image file {str(path)!r} {what}"))
             else:
                 files[iid] = path
