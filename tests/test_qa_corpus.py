@@ -487,3 +487,11 @@ def test_windows_path_in_file_name_is_named_with_the_fix(tmp_path):
             "categories": [{"id": 1, "name": "x"}]}
     (msg,) = [p.message for p in check_coco(data, image_dir=tmp_path / "img").problems]
     assert "not found (a Windows path: the file is at 'sub/a.png'; write / in file_name)" in msg
+
+
+def test_annotation_file_with_a_byte_order_mark_loads(tmp_path, images):
+    # Before: "not valid JSON (Unexpected UTF-8 BOM (decode using utf-8-sig))" for a file saved
+    # as "UTF-8 with BOM" (Windows Notepad, PowerShell); the CSV importer already accepted it.
+    ann = tmp_path / "ann.json"
+    ann.write_bytes(b"\xef\xbb\xbf" + json.dumps(_good()).encode())
+    assert sorted(load_coco(ann, image_dir=images).imgs) == [1, 2]
