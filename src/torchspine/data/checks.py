@@ -13,7 +13,9 @@ with two lists:
   their image are clipped to it (as torchvision / detectron2 do), boxes entirely outside it
   and zero-area boxes are dropped, an annotation file without annotations is accepted for
   evaluation with a warning (training refuses it: see ``require_annotations`` in
-  :func:`torchspine.data.coco.load_coco`); a missing ``area`` is the box area, a missing
+  :func:`torchspine.data.coco.load_coco`); polygons of fewer than 3 points are left out of
+  their mask, and an annotation with no other polygon is dropped (as detectron2's
+  ``load_coco_json`` does); a missing ``area`` is the box area, a missing
   ``iscrowd`` is 0, a category without a name is called by its id; an image whose recorded
   width/height are its stored pixel grid before the EXIF orientation is used as stored.
 
@@ -43,7 +45,7 @@ _EDGE_TOL = 1.0
 
 # Kinds of CheckReport.notes (repaired, not fatal).
 NOTE_KINDS = ("box_clipped", "box_outside_image", "zero_area_box", "no_annotations", "exif_not_applied",
-              "category_without_name")
+              "category_without_name", "polygon_dropped", "no_valid_polygon")
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,12 @@ class CheckReport:
     @property
     def dropped_annotation_ids(self) -> set:
         """Annotations left out with a note (entirely outside the image, zero area)."""
-        return {p.id for p in self.notes if p.kind in ("box_outside_image", "zero_area_box")}
+        return {p.id for p in self.notes if p.kind in ("box_outside_image", "zero_area_box", "no_valid_polygon")}
+
+    @property
+    def polygon_fixed_annotation_ids(self) -> set:
+        """Annotations whose too-short polygons are left out (the rest of the mask kept)."""
+        return {p.id for p in self.notes if p.kind == "polygon_dropped"}
 
     @property
     def clipped_annotation_ids(self) -> set:
@@ -148,6 +155,14 @@ def record_key(v: Any) -> Any:
         return v
     except TypeError:
         return repr(v)
+
+
+def is_polygon(poly: Any) -> bool:
+    """A COCO polygon pycocotools can rasterise by length: x, y pairs of 3 or more points.
+
+    (pycocotools' ``frPyObjects`` takes exactly 4 numbers for a box and raises for fewer.)
+    """
+    return isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
 
 
 def segmentation_error(seg: Any, width: Any, height: Any) -> str | None:
@@ -324,7 +339,20 @@ def check_coco(dataset: dict, *, image_dir: str | os.PathLike | None = None, sou
         img = images[iid]
         iw, ih = img.get("width"), img.get("height")
         if segmentation:
-            err = segmentation_error(ann.get("segmentation"), iw, ih)
+            seg = ann.get("segmentation")
+            if isinstance(seg, list) and seg and all(isinstance(poly, list) for poly in seg):
+                short = [j for j, poly in enumerate(seg) if not is_polygon(poly)]
+                if len(short) == len(seg):  # detectron2's load_coco_json drops such instances too
+                    note(Problem("no_valid_polygon", "annotation", aid,
+                                 f"segmentation: no polygon of 3 or more x, y points ({[len(p) for p in seg]} "
+                                 "numbers): annotation dropped"))
+                    continue
+                if short:
+                    note(Problem("polygon_dropped", "annotation", aid,
+                                 f"segmentation: polygon(s) {short} of fewer than 3 x, y points or an odd count of "
+                                 "numbers left out"))
+                    seg = [poly for poly in seg if is_polygon(poly)]
+            err = segmentation_error(seg, iw, ih)
             if err is not None:
                 add(Problem("bad_segmentation", "annotation", aid, f"segmentation: {err}"))
                 continue

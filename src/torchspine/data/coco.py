@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from torchspine.data.checks import check_coco, clip_box, enforce, record_key
+from torchspine.data.checks import check_coco, clip_box, enforce, is_polygon, record_key
 from torchspine.data.images import read_image_array, read_image_as_annotated
 from torchspine.data.transforms import Compose, build_eval_transforms
 from torchspine.utils import read_json
@@ -81,6 +81,11 @@ def load_coco(ann_file: str | os.PathLike, *, image_dir: str | os.PathLike | Non
         sizes = {img.get("id"): (img.get("width"), img.get("height")) for img in data["images"]}
         data = {**data, "annotations": [
             {**a, "bbox": clip_box(a["bbox"], *sizes[a["image_id"]])} if a.get("id") in clipped else a
+            for a in data["annotations"]]}
+    fixed = report.polygon_fixed_annotation_ids
+    if fixed:
+        data = {**data, "annotations": [
+            {**a, "segmentation": [p for p in a["segmentation"] if is_polygon(p)]} if a.get("id") in fixed else a
             for a in data["annotations"]]}
     if bad_images or bad_anns:
         seen_i, seen_a = set(), set()
