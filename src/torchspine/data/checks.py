@@ -242,8 +242,8 @@ def check_coco(dataset: dict, *, image_dir: str | os.PathLike | None = None, sou
                         f"categories[{k}] (name {cat.get('name')!r}): id {cid!r} is not an integer"))
             continue
         if cid in categories:
-            add(Problem("duplicate_category_id", "category", cid, f"category id {cid} appears more than once "
-                                                                  f"(names {categories[cid]!r} and {cat.get('name')!r})"))
+            add(Problem("duplicate_category_id", "category", cid,
+                        f"category id {cid} appears more than once (names {categories[cid]!r} and {cat.get('name')!r})"))
             continue
         categories[cid] = cat.get("name")
         if cat.get("name") in (None, ""):
