@@ -243,7 +243,8 @@ def check_coco(dataset: dict, *, image_dir: str | os.PathLike | None = None, sou
             continue
         if cid in categories:
             add(Problem("duplicate_category_id", "category", cid,
-                        f"category id {cid} appears more than once (names {categories[cid]!r} and {cat.get('name')!r})"))
+                        f"category id {cid} appears more than once "
+                        f"(names {categories[cid]!r} and {cat.get('name')!r})"))
             continue
         categories[cid] = cat.get("name")
         if cat.get("name") in (None, ""):
