@@ -516,3 +516,21 @@ def test_annotation_file_with_a_byte_order_mark_loads(tmp_path, images):
     ann = tmp_path / "ann.json"
     ann.write_bytes(b"\xef\xbb\xbf" + json.dumps(_good()).encode())
     assert sorted(load_coco(ann, image_dir=images).imgs) == [1, 2]
+
+
+@pytest.mark.parametrize("orientation, on", [(6, "the stored pixel grid (not rotated), 60x40"),
+                                             (3, "the image as a viewer shows it (EXIF applied), 60x40")])
+def test_csv_import_names_exif_rotated_images_and_the_grid_their_boxes_are_read_on(tmp_path, orientation, on):
+    # Pixel boxes do not say which grid they were drawn on. Before: nothing was said; now a note
+    # names each image with an EXIF orientation and the grid used (turns: the recorded size
+    # decides, see CocoDetection; flips and half turns keep the size: the image as shown).
+    from torchspine.data.importers import import_csv
+
+    (tmp_path / "img").mkdir()
+    _exif_jpeg(tmp_path / "img" / "r.jpg", orientation)
+    csv_file = tmp_path / "b.csv"
+    csv_file.write_text("filename,xmin,ymin,xmax,ymax,class\nr.jpg,5,2,15,8,block\n")
+    res = import_csv(csv_file, tmp_path / "img")
+    assert res.ok
+    (note,) = [p.message for p in res.report.notes if p.kind == "exif_orientation"]
+    assert f"r.jpg carries EXIF orientation {orientation}: its boxes are read on {on}" in note

@@ -45,7 +45,7 @@ _EDGE_TOL = 1.0
 
 # Kinds of CheckReport.notes (repaired, not fatal).
 NOTE_KINDS = ("box_clipped", "box_outside_image", "zero_area_box", "no_annotations", "exif_not_applied",
-              "category_without_name", "polygon_dropped", "no_valid_polygon")
+              "category_without_name", "polygon_dropped", "no_valid_polygon", "exif_orientation")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from torchspine.data.checks import CheckReport, check_coco
+from torchspine.data.checks import CheckReport, Problem, check_coco
 from torchspine.data.images import IMAGE_EXTENSIONS
 
 __all__ = ["FORMATS", "ImportResult", "import_annotations", "import_csv", "import_voc", "import_yolo",
@@ -115,8 +115,30 @@ def _number(text: str | None, *, where: str, field: str) -> float:
         raise ValueError(f"{where}: field {field!r} is not a number: {text!r}") from None
 
 
+def _note_exif_orientations(report: CheckReport, images: list[dict[str, Any]], image_dir: Path) -> None:
+    """A note for each image with an EXIF orientation: pixel boxes (VOC, CSV) do not say whether
+    they were drawn on the stored pixels or on the image as a viewer shows it, and a flip or a
+    half turn keeps the size, so nothing can tell; the note says which one the boxes are read on."""
+    from PIL import Image
+
+    for im in images:
+        path = image_dir / im["file_name"]
+        try:
+            with Image.open(path) as pil:
+                turn, stored = pil.getexif().get(0x0112), pil.size
+        except (OSError, ValueError, SyntaxError):
+            continue  # an unreadable image is a problem of its own in the report
+        if turn not in (2, 3, 4, 5, 6, 7, 8):
+            continue
+        on = ("the stored pixel grid (not rotated)" if turn >= 5 and (im["width"], im["height"]) == stored
+              else "the image as a viewer shows it (EXIF applied)")
+        report.notes.append(Problem("exif_orientation", "image", im["id"],
+                                    f"{path} carries EXIF orientation {turn}: its boxes are read on {on}, "
+                                    f"{im['width']}x{im['height']}; check that they were drawn there"))
+
+
 def _build(boxes: Iterable[_Box], sizes: dict[str, tuple[int, int]], *, classes: Sequence[str] | None,
-           image_dir: str | os.PathLike | None, source: str) -> ImportResult:
+           image_dir: str | os.PathLike | None, source: str, sizes_as_shown: bool = False) -> ImportResult:
     boxes = list(boxes)
     bad = [f"{b.where}: corners ({b.x1:g}, {b.y1:g}) - ({b.x2:g}, {b.y2:g}) "
            + ("are not finite numbers" if not all(map(math.isfinite, (b.x1, b.y1, b.x2, b.y2)))
@@ -146,6 +168,8 @@ def _build(boxes: Iterable[_Box], sizes: dict[str, tuple[int, int]], *, classes:
     coco = {"info": {"description": f"imported by torchspine from {source}"}, "images": images,
             "annotations": anns, "categories": [{"id": cat_id[n], "name": n} for n in names]}
     report = check_coco(coco, image_dir=image_dir, source=source, decode=image_dir is not None)
+    if image_dir is not None and not sizes_as_shown:
+        _note_exif_orientations(report, images, Path(image_dir))
     logger.info("%s: %d images, %d boxes, %d classes", source, len(images), len(anns), len(names))
     return ImportResult(coco, report)
 
@@ -258,7 +282,7 @@ def import_yolo(label_dir: str | os.PathLike, image_dir: str | os.PathLike, *,
                                  f"image width and height): {line.strip()!r}")
             boxes.append(_Box(img.name, classes[int(c)], (cx - bw / 2) * w, (cy - bh / 2) * h,
                               (cx + bw / 2) * w, (cy + bh / 2) * h, where=where))
-    return _build(boxes, sizes, classes=classes, image_dir=image_dir, source=str(label_dir))
+    return _build(boxes, sizes, classes=classes, image_dir=image_dir, source=str(label_dir), sizes_as_shown=True)
 
 
 _CSV_COLUMNS = {
