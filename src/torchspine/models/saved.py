@@ -62,7 +62,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
 
 
 def _fit_dtypes(path: Path | str, state: dict[str, Tensor], own: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``state`` with each floating tensor in the model's dtype (a file saved after
+    """``state`` with float16 / bfloat16 tensors in the model's dtype (a file saved after
     ``model.half()`` loads into a float32 model; ``load_state_dict(assign=True)`` would keep
     float16 and the first forward fails on "Input type and weight type should be the same").
 
@@ -79,8 +79,8 @@ def _fit_dtypes(path: Path | str, state: dict[str, Tensor], own: dict[str, Tenso
                 continue
             if not bool(torch.isfinite(v).all()):
                 not_finite.append(k)
-            if v.dtype != ref.dtype:
-                v = v.to(ref.dtype)
+            if v.dtype in (torch.float16, torch.bfloat16) and ref.dtype != v.dtype:
+                v = v.to(ref.dtype)  # float64 files keep their precision (the converter's parity checks)
         out[k] = v
     if wrong_kind:
         raise ValueError(f"weights {path}: {len(wrong_kind)} tensors are not floating point where the model's are, "
