@@ -534,3 +534,41 @@ def test_csv_import_names_exif_rotated_images_and_the_grid_their_boxes_are_read_
     assert res.ok
     (note,) = [p.message for p in res.report.notes if p.kind == "exif_orientation"]
     assert f"r.jpg carries EXIF orientation {orientation}: its boxes are read on {on}" in note
+
+
+# --------------------------------------------------------------------------------------- resume
+def test_resume_with_the_original_command_is_not_refused_for_a_recipe_value_it_overrode(tmp_path):
+    # Before: `train --config demo_synth --set model_overrides={...} --resume` refused with
+    # "--set model_overrides {...64 filters...} (recipe) differs from the run's model_overrides
+    # {...16 filters...}": the recipe's value, which the same command line had replaced.
+    from torchspine.engine.config import load_config
+    from torchspine.engine.runs import resume_config
+    from torchspine.utils import read_json
+
+    mine = {"filter_size_scale": 0.25, "endpoints_num_filters": 16, "head_num_filters": 16}
+    cfg = load_config("demo_synth", model_overrides=mine, output_dir=str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    from torchspine.engine.config import recipe_path
+
+    recipe = read_json(recipe_path("demo_synth"))
+    assert recipe["model_overrides"] != mine  # the recipe's own value differs
+    again = resume_config(tmp_path, {"model_overrides": mine}, recipe=recipe)
+    assert again.model_overrides == mine and again.resume
+    with pytest.raises(ValueError, match=r"--resume: model_overrides .* \(command line\) differs"):
+        resume_config(tmp_path, {"model_overrides": {**mine, "head_num_filters": 32}}, recipe=recipe)
+
+
+def test_damaged_checkpoint_message_names_the_file_not_torchs_weights_only_advice(tmp_path):
+    # Before: torch's paragraph advising to re-run torch.load with weights_only=False (which would
+    # run code from the file) ending in "Unsupported operand 103".
+    import torchspine
+    from torchspine.engine.checkpoint import load_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_text("garbage\n")
+    model = torchspine.create_model("spinenet49s", **{"filter_size_scale": 0.25})
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(path, model=model)
+    text = str(e.value)
+    assert f"checkpoint {str(path)!r} cannot be read (" in text and "remove it to start the run over" in text
+    assert "weights_only" not in text and "\n" not in text

@@ -244,7 +244,9 @@ def resume_config(output_dir: str | os.PathLike, given: dict[str, Any], *, flags
                                 f"the run to continue?)")
     base = TrainConfig.from_dict(saved, source=str(run / "config.json"))
     cur = base.to_dict()
-    for source, values in (("recipe", recipe or {}), ("command line", given)):
+    # a recipe value the command line overrides did not make the run (the command line won then too)
+    from_recipe = {k: v for k, v in (recipe or {}).items() if k not in given}
+    for source, values in (("recipe", from_recipe), ("command line", given)):
         for key, value in values.items():
             if key in RESUME_MAY_CHANGE or key.startswith("_") or key not in cur:
                 continue
