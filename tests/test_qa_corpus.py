@@ -572,3 +572,34 @@ def test_damaged_checkpoint_message_names_the_file_not_torchs_weights_only_advic
     text = str(e.value)
     assert f"checkpoint {str(path)!r} cannot be read (" in text and "remove it to start the run over" in text
     assert "weights_only" not in text and "\n" not in text
+
+
+def _bomb_png(path: Path) -> Path:
+    """A PNG whose header claims 100000 x 100000 pixels (Pillow refuses to open it: a possible
+    decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_import_with_a_decompression_bomb_header_names_the_image(tmp_path, capsys):
+    # Before: "error: DecompressionBombError: Image size (10000000000 pixels) exceeds limit ...
+    # (run with -v for the traceback)", without the file (Pillow's error is not an OSError).
+    _bomb_png(tmp_path / "img" / "b.png")
+    csv_file = tmp_path / "b.csv"
+    csv_file.write_text("filename,xmin,ymin,xmax,ymax,class\nb.png,1,2,10,12,cat\n")
+    rc, text = run_cli(["data", "import", "--format", "csv", "--ann", csv_file, "--images", tmp_path / "img",
+                        "--out", tmp_path / "o.json"], capsys)
+    assert rc == 2 and f"image {tmp_path / 'img' / 'b.png'}: cannot be read (Image size (10000000000 pixels)" in text
+    from torchspine.data.images import read_image
+
+    with pytest.raises(ValueError, match="b.png: cannot be decoded"):
+        read_image(tmp_path / "img" / "b.png")

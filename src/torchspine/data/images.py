@@ -109,7 +109,7 @@ def stored_size(path: str | os.PathLike) -> tuple[int, int] | None:
     try:
         with Image.open(path) as im:
             return im.size
-    except (OSError, ValueError, SyntaxError):
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
 
 

@@ -104,7 +104,7 @@ def _image_size(path: Path, where: str | None = None, *, displayed: bool = False
             if displayed and im.getexif().get(0x0112) in (5, 6, 7, 8):  # 0x0112: Orientation
                 w, h = h, w
             return w, h
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"image {path}: cannot be read ({e})") from e
 
 
@@ -126,7 +126,7 @@ def _note_exif_orientations(report: CheckReport, images: list[dict[str, Any]], i
         try:
             with Image.open(path) as pil:
                 turn, stored = pil.getexif().get(0x0112), pil.size
-        except (OSError, ValueError, SyntaxError):
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             continue  # an unreadable image is a problem of its own in the report
         if turn not in (2, 3, 4, 5, 6, 7, 8):
             continue
