@@ -603,3 +603,14 @@ def test_import_with_a_decompression_bomb_header_names_the_image(tmp_path, capsy
 
     with pytest.raises(ValueError, match="b.png: cannot be decoded"):
         read_image(tmp_path / "img" / "b.png")
+
+
+def test_predict_reports_a_broken_link_in_an_image_folder(tmp_path, saved, capsys):
+    # Before: a dangling symlink named b.jpg was left out of the folder's images without a word
+    # (exit 0); now it is read, named as a broken link, skipped, and the exit status is 1.
+    d = tmp_path / "imgs"
+    _png(d / "a.png")
+    (d / "b.jpg").symlink_to(tmp_path / "gone.jpg")
+    rc, text = run_cli(["predict", saved[0], d, "--out", tmp_path / "out", "--no-optimize"], capsys)
+    assert rc == 1 and f"image {d / 'b.jpg'}: a broken symbolic link" in text, text
+    assert [Path(m["file_name"]).name for m in json.loads((tmp_path / "out" / "images.json").read_text())] == ["a.png"]

@@ -71,6 +71,9 @@ def read_image_pil(path: str | os.PathLike, *, exif_transpose: bool = True):
 
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise FileNotFoundError(f"image {path}: a broken symbolic link (to {os.readlink(path)!r}, which does not "
+                                    "exist)")
         raise FileNotFoundError(f"image not found: {path}")
     if path.is_dir():
         raise ValueError(f"image {path}: is a folder, not an image file")
@@ -153,7 +156,10 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS))
+            # a broken link named like an image is listed, so reading it reports it (not skipped silently)
+            out.extend(sorted(f for f in p.iterdir()
+                              if (f.is_file() or (f.is_symlink() and not f.exists()))
+                              and f.suffix.lower() in IMAGE_EXTENSIONS))
         else:
             out.append(p)  # missing files are reported when read
     return out
