@@ -178,7 +178,9 @@ def segmentation_error(seg: Any, width: Any, height: Any) -> str | None:
         return None
     if isinstance(seg, list):
         for j, poly in enumerate(seg):
-            if not (isinstance(poly, list) and all(_finite(v) for v in poly)):
+            # type() (not isinstance) leaves bools out; a sum is NaN / infinite when any value is
+            if not (isinstance(poly, list) and all(type(v) in (int, float) for v in poly)
+                    and math.isfinite(sum(poly))):
                 return f"polygon {j} is not a list of finite numbers: {poly!r:.80}"
             if len(poly) < 6 or len(poly) % 2:
                 return (f"polygon {j} has {len(poly)} numbers: a polygon is x, y pairs of at least 3 points "
