@@ -614,3 +614,20 @@ def test_predict_reports_a_broken_link_in_an_image_folder(tmp_path, saved, capsy
     rc, text = run_cli(["predict", saved[0], d, "--out", tmp_path / "out", "--no-optimize"], capsys)
     assert rc == 1 and f"image {d / 'b.jpg'}: a broken symbolic link" in text, text
     assert [Path(m["file_name"]).name for m in json.loads((tmp_path / "out" / "images.json").read_text())] == ["a.png"]
+
+
+def test_unreadable_image_says_permission_denied_not_cannot_be_decoded(tmp_path, monkeypatch):
+    # chmod 000 cannot be tested as root (the test machines run as root), so Pillow's open is made
+    # to fail as it does for an unreadable file. Before: "cannot be decoded ([Errno 13] ...)".
+    import PIL.Image
+
+    from torchspine.data.images import read_image
+
+    path = _png(tmp_path / "a.png")
+
+    def denied(fp, *a, **k):
+        raise PermissionError(13, "Permission denied", str(fp))
+
+    monkeypatch.setattr(PIL.Image, "open", denied)
+    with pytest.raises(ValueError, match=r"a.png: not readable by this user \(permission denied\)"):
+        read_image(path)

@@ -101,6 +101,8 @@ def read_image_pil(path: str | os.PathLike, *, exif_transpose: bool = True):
     except ValueError as e:
         msg = str(e)
         raise ValueError(msg if msg.startswith(f"image {path}") else f"image {path}: cannot be decoded ({e})") from e
+    except PermissionError as e:  # an OSError, but not a decoding problem: say what to fix
+        raise ValueError(f"image {path}: not readable by this user (permission denied)") from e
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError, EOFError) as e:
         raise ValueError(f"image {path}: cannot be decoded ({e})") from e
 
