@@ -19,7 +19,10 @@ entirely outside it and zero-area boxes are dropped (each logged with a count); 
 ``annotations`` list is refused for training (``require_annotations``) and logged otherwise.
 
 Images are read with the one reader, :func:`torchspine.data.images.read_image_array` (16-bit,
-palette, CMYK, EXIF-rotated files -> 8-bit RGB). A corrupt or unreadable image met while
+palette, CMYK, EXIF-rotated files -> 8-bit RGB), on the pixel grid the file's width/height
+describe (:func:`torchspine.data.images.read_image_as_annotated`: the image as shown, or its
+stored grid when those are the stored sides); an image of another size is skipped like a
+corrupt one, naming both sizes (its boxes would all be misplaced). A corrupt or unreadable image met while
 loading is logged once and counted once (``corrupt_image_ids``). With ``replace_corrupt``
 (training) the sample is replaced by the next readable image of the dataset, so a batch stays
 full (a batch that shrank to one image would break BatchNorm); otherwise (evaluation) the
