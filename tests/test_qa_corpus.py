@@ -631,3 +631,17 @@ def test_unreadable_image_says_permission_denied_not_cannot_be_decoded(tmp_path,
     monkeypatch.setattr(PIL.Image, "open", denied)
     with pytest.raises(ValueError, match=r"a.png: not readable by this user \(permission denied\)"):
         read_image(path)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--score-thresh", "nan"], "--score-thresh must be a number in [0, 1], got 'nan'"),
+    (["--score-thresh", "2"], "--score-thresh must be a number in [0, 1], got '2'"),
+    (["--tile", "64", "--merge-iou", "nan"], "--merge-iou must be a number in [0, 1], got 'nan'"),
+    (["--num-classes", "0"], "--num-classes must be at least 1, got 0"),
+])
+def test_predict_refuses_thresholds_that_keep_nothing_silently(tmp_path, saved, capsys, argv, words):
+    # Before: --score-thresh nan / 2 and --merge-iou nan wrote 0 detections with exit 0;
+    # --num-classes 0 was blamed on the model file's metadata.
+    rc, text = run_cli(["predict", saved[0], _png(tmp_path / "i.png"), "--out", tmp_path / "out", *argv], capsys)
+    assert rc == 2 and words in text, text
+    assert not (tmp_path / "out").exists()

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["add_device_argument", "add_set_argument", "check_device", "int_at_least", "parse_set",
+__all__ = ["add_device_argument", "add_set_argument", "check_device", "fraction", "int_at_least", "parse_set",
            "parse_set_value", "image_size", "is_saved_model", "load_saved_model", "run_folder_weights"]
 
 _PYTHON_SPELLINGS = {"True": True, "False": False, "None": None}
@@ -82,6 +82,23 @@ def int_at_least(minimum: int, what: str = "value") -> Callable[[str], int]:
 
 
 image_size = int_at_least(MIN_IMAGE_SIZE, "image size (pixels)")
+
+
+def fraction(what: str) -> Callable[[str], float]:
+    """An argparse ``type`` accepting a number in [0, 1] (a score or IoU threshold); NaN and
+    values outside are refused naming the value (a NaN threshold kept nothing, silently)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number in [0, 1], got {text!r}") from None
+        if not 0.0 <= value <= 1.0:  # False for NaN too
+            raise argparse.ArgumentTypeError(f"{what} must be a number in [0, 1], got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
 
 
 def check_device(name: str) -> str:
