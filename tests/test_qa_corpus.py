@@ -645,3 +645,25 @@ def test_predict_refuses_thresholds_that_keep_nothing_silently(tmp_path, saved, 
     rc, text = run_cli(["predict", saved[0], _png(tmp_path / "i.png"), "--out", tmp_path / "out", *argv], capsys)
     assert rc == 2 and words in text, text
     assert not (tmp_path / "out").exists()
+
+
+def test_int8_calibration_skips_an_unreadable_image_and_names_it(tmp_path, caplog):
+    # Before: one truncated JPEG in the calibration folder stopped `export --int8` after the
+    # float export ("image ...: cannot be decoded"); --calibrate-count 0 said "no image files".
+    from types import SimpleNamespace
+
+    from torchspine.interop.onnx import calibration_inputs
+
+    d = tmp_path / "calib"
+    _png(d / "b.png")
+    (d / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    result = SimpleNamespace(example_shape=(3, 64, 64), postprocess=True)
+    with caplog.at_level(logging.WARNING):
+        inputs = calibration_inputs(d, result, count=1)
+    assert len(inputs) == 1 and inputs[0].shape == (3, 64, 64)  # b.png took a.jpg's place
+    assert "a.jpg" in caplog.text
+    (d / "b.png").unlink()
+    with pytest.raises(ValueError, match="none of its 1 image files can be read"):
+        calibration_inputs(d, result, count=1)
+    with pytest.raises(ValueError, match="at least one image, got count=0"):
+        calibration_inputs(d, result, count=0)
