@@ -123,7 +123,7 @@ def read_json(path: str | os.PathLike, *, what: str = "file") -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {str(path)!r} not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows editors) is dropped
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not a text (JSON) file ({e})") from e
     except json.JSONDecodeError as e:

@@ -50,8 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--data", required=True)
     e.add_argument("--weights", required=True, help="model.safetensors written by `classify train`")
     e.add_argument("--split", default="val")
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--batch-size", type=int_at_least(1, "batch size"), default=64)
+    e.add_argument("--workers", type=int_at_least(0, "--workers"), default=2)
     add_device_argument(e, default="cpu")
 
 

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["add_device_argument", "add_set_argument", "check_device", "int_at_least", "parse_set",
+__all__ = ["add_device_argument", "add_set_argument", "check_device", "fraction", "int_at_least", "parse_set",
            "parse_set_value", "image_size", "is_saved_model", "load_saved_model", "run_folder_weights"]
 
 _PYTHON_SPELLINGS = {"True": True, "False": False, "None": None}
@@ -84,6 +84,23 @@ def int_at_least(minimum: int, what: str = "value") -> Callable[[str], int]:
 image_size = int_at_least(MIN_IMAGE_SIZE, "image size (pixels)")
 
 
+def fraction(what: str) -> Callable[[str], float]:
+    """An argparse ``type`` accepting a number in [0, 1] (a score or IoU threshold); NaN and
+    values outside are refused naming the value (a NaN threshold kept nothing, silently)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number in [0, 1], got {text!r}") from None
+        if not 0.0 <= value <= 1.0:  # False for NaN too
+            raise argparse.ArgumentTypeError(f"{what} must be a number in [0, 1], got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
 def check_device(name: str) -> str:
     """An argparse ``type`` for ``--device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
     if re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", name):
@@ -110,7 +127,7 @@ def run_folder_weights(run: str | None, weights: str | None) -> Path:
 def is_saved_model(weights: str) -> bool:
     """A run folder or a file in the saved-model format (as opposed to bare tensors or a
     catalogue tag)."""
-    from torchspine.models.saved import read_model_metadata
+    from torchspine.models.saved import NoModelMetadata, read_model_metadata
 
     p = Path(weights)
     if p.is_dir():
@@ -120,8 +137,10 @@ def is_saved_model(weights: str) -> bool:
     try:
         read_model_metadata(p)
         return True
-    except ValueError:
+    except NoModelMetadata:
         return (p.parent / "config.json").is_file()  # a run's model file from before the info dict
+    except ValueError:
+        return True  # damaged metadata or an unreadable file: loading it as one names the problem
 
 
 def load_saved_model(weights: str, model: str | None, overrides: dict[str, Any]):

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from torchspine.cli.common import add_device_argument, image_size, run_folder_weights
+from torchspine.cli.common import add_device_argument, image_size, int_at_least, run_folder_weights
 from torchspine.utils import atomic_write_text
 
 
@@ -20,8 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=image_size)
     p.add_argument("--ann", help="COCO annotation JSON (default: the run's validation set, else the built-in one)")
     p.add_argument("--images", help="image folder for --ann")
-    p.add_argument("--max-images", type=int)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-images", type=int_at_least(1, "--max-images"),
+                   help="evaluate only the first N images (default: all)")
+    p.add_argument("--batch-size", type=int_at_least(1, "batch size"), default=4)
     add_device_argument(p, default="auto")
     p.add_argument("--json", dest="json_out", help="write the metrics here (default RUN/eval.json or eval.json)")
     from torchspine.cli.classify import add_task_arguments
@@ -98,9 +99,13 @@ def run(args: argparse.Namespace) -> int:
         overrides = dict(cfg.get("model_overrides") or {})
         if args.model_overrides:
             try:
-                overrides.update(json.loads(args.model_overrides))
+                given = json.loads(args.model_overrides)
             except json.JSONDecodeError as e:
                 raise ValueError(f"--model-overrides is not valid JSON: {e}") from e
+            if not isinstance(given, dict):
+                raise ValueError(f"--model-overrides must be a JSON object of model keywords, e.g. "
+                                 f"'{{\"filter_size_scale\": 0.25}}', got {args.model_overrides!r}")
+            overrides.update(given)
         if cfg.get("stochastic_depth_rate") is not None:
             overrides.setdefault("stochastic_depth_rate", cfg["stochastic_depth_rate"])
         image_size = args.image_size or cfg.get("image_size") or 640

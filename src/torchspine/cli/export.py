@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--calibrate, int8 per-channel weights); needs --calibrate")
     p.add_argument("--calibrate", default=None, metavar="DIR",
                    help="--int8: folder of representative images (resized to --size) for the activation ranges")
-    p.add_argument("--calibrate-count", type=int, default=32, metavar="N",
+    p.add_argument("--calibrate-count", type=int_at_least(1, "--calibrate-count"), default=32, metavar="N",
                    help="--int8: calibrate on the first N images of DIR (default 32)")
     p.add_argument("--calibrate-method", choices=("minmax", "percentile", "entropy"), default="minmax",
                    help="--int8: how activation ranges are chosen (default minmax)")

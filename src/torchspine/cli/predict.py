@@ -30,7 +30,8 @@ from typing import Callable
 import torch
 
 from torchspine.analysis.visualize import draw_detections
-from torchspine.cli.common import add_set_argument, image_size, is_saved_model, load_saved_model, parse_set
+from torchspine.cli.common import (add_set_argument, fraction, image_size, int_at_least, is_saved_model,
+                                   load_saved_model, parse_set)
 from torchspine.data.images import find_images, read_image
 from torchspine.engine.evaluate import to_coco_results
 from torchspine.engine.predict import predict
@@ -50,11 +51,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="registered detector name, for catalogue or bare weights or none (default: the run's, else "
                         "retinanet_spinenet49)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--num-classes", type=int, default=None,
+    p.add_argument("--num-classes", type=int_at_least(1, "--num-classes"), default=None,
                    help="classes of bare weights (default: the saved model's, else 91 = COCO)")
     p.add_argument("--image-size", type=image_size, default=None,
                    help="target long side (default: the run's trained size, else the model's)")
-    p.add_argument("--score-thresh", type=float, default=0.3,
+    p.add_argument("--score-thresh", type=fraction("--score-thresh"), default=0.3,
                    help="draw and write detections with at least this score (default: %(default)s)")
     p.add_argument("--tile", type=int, default=None, metavar="SIZE",
                    help="large images: predict on SIZE x SIZE tiles (e.g. the training tile size) and merge")
@@ -63,14 +64,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--merge", choices=("nms", "weighted"), default="nms",
                    help="--tile: merge boxes across tiles by class-wise NMS or a score-weighted mean "
                         "(default %(default)s)")
-    p.add_argument("--merge-iou", type=float, default=0.5, help="--tile: IoU above which boxes are merged")
+    p.add_argument("--merge-iou", type=fraction("--merge-iou"), default=0.5, help="--tile: IoU above which boxes are merged")
     p.add_argument("--ann", default=None,
                    help="COCO annotation file listing the inputs: its image ids are used in detections.json")
     add_set_argument(p, dest="overrides", help="extra model keyword (detector setting or SpineNet spec field), "
                                                "value JSON or a plain string, e.g. --set filter_size_scale=0.25; "
                                                "repeatable")
     p.add_argument("--no-optimize", action="store_true", help="skip BN folding and channels_last")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int_at_least(1, "--threads"), default=None, help="torch CPU threads (default: torch's)")
 
 
 def _save_png(path: Path, image: torch.Tensor) -> None:
@@ -125,9 +126,14 @@ def _image_ids(ann: str | None, files: list[Path]) -> dict[Path, int]:
     from torchspine.utils import read_json
 
     data = read_json(ann, what="annotation file")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"--ann {ann}: expected a COCO object with an 'images' list")
     by_name: dict[str, int] = {}
-    for im in data.get("images", []):
-        by_name.setdefault(Path(str(im.get("file_name", ""))).name, int(im["id"]))
+    for k, im in enumerate(data["images"]):
+        iid = im.get("id") if isinstance(im, dict) else None
+        if not isinstance(iid, int) or isinstance(iid, bool) or not isinstance(im.get("file_name"), str):
+            raise ValueError(f"--ann {ann}: images[{k}] needs an integer 'id' and a 'file_name', got {im!r:.120}")
+        by_name.setdefault(Path(im["file_name"]).name, iid)
     missing = [f.name for f in files if f.name not in by_name]
     if missing:
         raise ValueError(f"--ann {ann}: no image named {missing[0]!r} (and {len(missing) - 1} more inputs) in its "

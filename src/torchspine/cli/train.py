@@ -100,9 +100,11 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
             import difflib
 
             close = difflib.get_close_matches(key, known, n=1)
+            inner = key.split(".", 1)[1] if key.startswith("model_overrides.") else key
             raise ValueError(f"--set {key}=...: {key!r} is not a training config field"
-                             + (f" (did you mean {close[0]!r}?)" if close else "")
-                             + "; a model keyword goes in --set 'model_overrides={\"" + key + "\": ...}'")
+                             + (f" (did you mean {close[0]!r}?)" if close and inner == key else "")
+                             + "; a model keyword goes in --set 'model_overrides={\"" + inner + "\": ...}' (a JSON "
+                             "object of every model keyword: it replaces the recipe's model_overrides)")
     over.update(sets)
     return over
 

@@ -21,7 +21,10 @@ entirely outside it and zero-area boxes are dropped (each logged with a count); 
 ``annotations`` list is refused for training (``require_annotations``) and logged otherwise.
 
 Images are read with the one reader, :func:`torchspine.data.images.read_image_array` (16-bit,
-palette, CMYK, EXIF-rotated files -> 8-bit RGB). A corrupt or unreadable image met while
+palette, CMYK, EXIF-rotated files -> 8-bit RGB), on the pixel grid the file's width/height
+describe (:func:`torchspine.data.images.read_image_as_annotated`: the image as shown, or its
+stored grid when those are the stored sides); an image of another size is skipped like a
+corrupt one, naming both sizes (its boxes would all be misplaced). A corrupt or unreadable image met while
 loading is logged once and counted once (``corrupt_image_ids``). With ``replace_corrupt``
 (training) the sample is replaced by the next readable image of the dataset, so a batch stays
 full (a batch that shrank to one image would break BatchNorm); otherwise (evaluation) the
@@ -42,8 +45,8 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from torchspine.data.checks import check_coco, clip_box, enforce
-from torchspine.data.images import read_image_array
+from torchspine.data.checks import check_coco, clip_box, enforce, is_polygon, record_key
+from torchspine.data.images import read_image_array, read_image_as_annotated
 from torchspine.data.labels import LabelMap
 from torchspine.data.transforms import Compose, build_eval_transforms
 from torchspine.utils import read_json
@@ -54,7 +57,8 @@ logger = logging.getLogger(__name__)
 
 
 def load_coco(ann_file: str | os.PathLike, *, image_dir: str | os.PathLike | None = None,
-              skip_bad: bool = False, require_annotations: bool = False, skip_flag: str | None = None) -> COCO:
+              skip_bad: bool = False, require_annotations: bool = False, skip_flag: str | None = None,
+              with_masks: bool = True) -> COCO:
     """Read, check and index an annotation file; bad records stop the run or (``skip_bad``)
     are removed before pycocotools indexes the file. Boxes partly outside their image are
     clipped, boxes entirely outside it and zero-area boxes dropped (logged with counts).
@@ -64,12 +68,16 @@ def load_coco(ann_file: str | os.PathLike, *, image_dir: str | os.PathLike | Non
             otherwise it is accepted with a warning (evaluation).
         skip_flag: the command-line option that sets ``skip_bad``, named in the error message
             (``None``: the caller has none, the message says to fix the file).
+        with_masks: check the segmentations too (they are rasterised only for masks).
+
+    Defaults are filled the way COCO evaluation needs them: a missing ``area`` becomes the box
+    area ``w * h`` (logged with a count at INFO level), a missing ``iscrowd`` 0, a missing category name the id.
     """
     ann_file = Path(ann_file)
     data = read_json(ann_file, what="annotation file")
     if not isinstance(data, dict):
         raise ValueError(f"{ann_file}: top level must be an object with images/annotations/categories")
-    report = check_coco(data, image_dir=image_dir, source=str(ann_file))
+    report = check_coco(data, image_dir=image_dir, source=str(ann_file), segmentation=with_masks)
     if require_annotations and not data["annotations"]:
         raise ValueError(f"{ann_file}: the 'annotations' list is empty: there is nothing to train on")
     bad_images, bad_anns = enforce(report, skip_bad=skip_bad, skip_flag=skip_flag)
@@ -80,20 +88,38 @@ def load_coco(ann_file: str | os.PathLike, *, image_dir: str | os.PathLike | Non
         data = {**data, "annotations": [
             {**a, "bbox": clip_box(a["bbox"], *sizes[a["image_id"]])} if a.get("id") in clipped else a
             for a in data["annotations"]]}
+    fixed = report.polygon_fixed_annotation_ids
+    if fixed:
+        data = {**data, "annotations": [
+            {**a, "segmentation": [p for p in a["segmentation"] if is_polygon(p)]} if a.get("id") in fixed else a
+            for a in data["annotations"]]}
     if bad_images or bad_anns:
         seen_i, seen_a = set(), set()
         images = []
         for img in data["images"]:
-            if img.get("id") not in bad_images and img.get("id") not in seen_i:
+            if record_key(img.get("id")) not in bad_images and img.get("id") not in seen_i:
                 seen_i.add(img["id"])
                 images.append(img)
         anns = []
         for a in data["annotations"]:
-            if a.get("id") in bad_anns or a.get("image_id") not in seen_i or a.get("id") in seen_a:
+            if (record_key(a.get("id")) in bad_anns or record_key(a.get("image_id")) not in seen_i
+                    or a.get("id") in seen_a):
                 continue
             seen_a.add(a["id"])
             anns.append(a)
         data = {**data, "images": images, "annotations": anns}
+    # pycocotools' COCOeval reads gt["area"] and gt["iscrowd"] (a KeyError without them) and the
+    # evaluation summary reads each category's "name".
+    no_area = sum(a.get("area") is None for a in data["annotations"])
+    if no_area:
+        logger.info("%s: %d annotation(s) without 'area': the box area w*h is used (COCO evaluation's "
+                    "small/medium/large ranges)", ann_file, no_area)
+    data = {**data,
+            "annotations": [a if a.get("area") is not None and "iscrowd" in a else
+                            {**a, "area": float(a["bbox"][2]) * float(a["bbox"][3]) if a.get("area") is None
+                             else a["area"], "iscrowd": a.get("iscrowd", 0)} for a in data["annotations"]],
+            "categories": [c if c.get("name") not in (None, "") else {**c, "name": str(c["id"])}
+                           for c in data["categories"]]}
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -126,7 +152,7 @@ class CocoDetection(torch.utils.data.Dataset):
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder {str(self.image_dir)!r} not found")
         self.coco = load_coco(ann_file, image_dir=image_dir, skip_bad=skip_bad,
-                              require_annotations=require_annotations, skip_flag=skip_flag)
+                              require_annotations=require_annotations, skip_flag=skip_flag, with_masks=with_masks)
         self.ids = sorted(self.coco.imgs)
         self.transforms = transforms if transforms is not None else build_eval_transforms()
         self.with_masks = with_masks
@@ -134,6 +160,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.epoch = 0
         self.replace_corrupt = replace_corrupt
         self.corrupt_image_ids: set = set()  # seen in this process (DataLoader workers: see batch.skipped)
+        self.stored_grid_ids: set = set()  # annotated on the stored pixels: EXIF orientation not applied
         self.category_names = {c["id"]: c["name"] for c in self.coco.dataset["categories"]}
         if labels is not None and category_ids is not None:
             raise ValueError(f"{self.ann_file}: give labels or category_ids, not both")
@@ -174,7 +201,15 @@ class CocoDetection(torch.utils.data.Dataset):
         if info["id"] in self.corrupt_image_ids:
             return None
         try:
-            arr = read_image_array(path)
+            if info["id"] in self.stored_grid_ids:
+                arr = read_image_array(path, exif_transpose=False)
+            else:
+                arr, stored = read_image_as_annotated(path, info["width"], info["height"])
+                if stored:
+                    self.stored_grid_ids.add(info["id"])
+                    logger.warning("image id %s (%s): the annotation file's size %sx%s is the stored pixel grid, not "
+                                   "the image as its EXIF orientation shows it: used as stored (not rotated) so its "
+                                   "boxes fit", info["id"], path, info["width"], info["height"])
         except (FileNotFoundError, ValueError) as e:
             self.corrupt_image_ids.add(info["id"])
             logger.warning("skipping corrupt image id %s (%s): %s", info["id"], path, e)
@@ -200,7 +235,8 @@ class CocoDetection(torch.utils.data.Dataset):
             masks = np.zeros((len(keep), height, width), dtype=np.uint8)
             for k, a in enumerate(keep):
                 if a.get("segmentation"):
-                    masks[k] = self.coco.annToMask(a)[:height, :width]
+                    m = self.coco.annToMask(a)[:height, :width]  # drawn at the file's width/height
+                    masks[k, :m.shape[0], :m.shape[1]] = m
             target["masks"] = torch.from_numpy(masks)
         return target
 

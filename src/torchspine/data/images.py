@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["IMAGE_EXTENSIONS", "find_images", "read_image", "read_image_array", "read_image_pil"]
+__all__ = ["IMAGE_EXTENSIONS", "find_images", "read_image", "read_image_array", "read_image_as_annotated",
+           "read_image_pil", "stored_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +61,19 @@ def _to_uint8(arr: np.ndarray, mode: str, path: Path) -> np.ndarray:
     return np.rint((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
-def read_image_pil(path: str | os.PathLike):
+def read_image_pil(path: str | os.PathLike, *, exif_transpose: bool = True):
     """An image file as an 8-bit RGB ``PIL.Image`` (the rules of the module docstring).
 
-    Usable as torchvision ``ImageFolder(loader=...)``.
+    Usable as torchvision ``ImageFolder(loader=...)``. ``exif_transpose=False`` keeps the
+    stored pixel grid (for annotations made on it: see :mod:`torchspine.data.coco`).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise FileNotFoundError(f"image {path}: a broken symbolic link (to {os.readlink(path)!r}, which does not "
+                                    "exist)")
         raise FileNotFoundError(f"image not found: {path}")
     if path.is_dir():
         raise ValueError(f"image {path}: is a folder, not an image file")
@@ -80,7 +85,8 @@ def read_image_pil(path: str | os.PathLike):
             im.load()  # decodes everything: a truncated file fails here, not later
             if im.width < 1 or im.height < 1:
                 raise ValueError(f"zero-size image ({im.width}x{im.height})")
-            im = ImageOps.exif_transpose(im)
+            if exif_transpose:
+                im = ImageOps.exif_transpose(im)
             mode = im.mode
             if mode.startswith("I") or mode == "F":
                 gray = _to_uint8(np.asarray(im), mode, path)
@@ -95,13 +101,47 @@ def read_image_pil(path: str | os.PathLike):
     except ValueError as e:
         msg = str(e)
         raise ValueError(msg if msg.startswith(f"image {path}") else f"image {path}: cannot be decoded ({e})") from e
+    except PermissionError as e:  # an OSError, but not a decoding problem: say what to fix
+        raise ValueError(f"image {path}: not readable by this user (permission denied)") from e
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError, EOFError) as e:
         raise ValueError(f"image {path}: cannot be decoded ({e})") from e
 
 
-def read_image_array(path: str | os.PathLike) -> np.ndarray:
+def stored_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) of the pixel grid as stored, before any EXIF orientation (header only)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def read_image_as_annotated(path: str | os.PathLike, width: int, height: int) -> tuple[np.ndarray, bool]:
+    """``(H, W, 3)`` uint8 RGB on the pixel grid an annotation file's ``width x height`` describe,
+    and whether that is the stored grid (EXIF orientation not applied).
+
+    The reader shows an image as a viewer does (EXIF orientation applied). An annotation file
+    whose width/height are instead the stored grid (the sides swapped; pycocotools-era tools and
+    torchvision's ``CocoDetection`` read images without EXIF) has its boxes on the stored pixels,
+    so the image is returned as stored. Any other mismatch would misplace every box: a
+    ``ValueError`` names the file and both sizes.
+    """
+    arr = read_image_array(path)
+    want = (int(width), int(height))
+    got = (arr.shape[1], arr.shape[0])
+    if got == want:
+        return arr, False
+    if stored_size(path) == want:
+        return read_image_array(path, exif_transpose=False), True
+    raise ValueError(f"image {path} is {got[0]}x{got[1]} but the annotation file says {want[0]}x{want[1]}: its "
+                     "boxes cannot be placed; fix width/height or the file")
+
+
+def read_image_array(path: str | os.PathLike, *, exif_transpose: bool = True) -> np.ndarray:
     """An image file as an ``(H, W, 3)`` uint8 RGB array (see :func:`read_image_pil`)."""
-    return np.array(read_image_pil(path), dtype=np.uint8)
+    return np.array(read_image_pil(path, exif_transpose=exif_transpose), dtype=np.uint8)
 
 
 def read_image(path: str | os.PathLike) -> Tensor:
@@ -118,7 +158,10 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS))
+            # a broken link named like an image is listed, so reading it reports it (not skipped silently)
+            out.extend(sorted(f for f in p.iterdir()
+                              if (f.is_file() or (f.is_symlink() and not f.exists()))
+                              and f.suffix.lower() in IMAGE_EXTENSIONS))
         else:
             out.append(p)  # missing files are reported when read
     return out

@@ -21,14 +21,16 @@ top-left corner of the top-left pixel):
 from __future__ import annotations
 
 import csv
+import io
 import logging
+import math
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from torchspine.data.checks import CheckReport, check_coco
+from torchspine.data.checks import CheckReport, Problem, check_coco
 from torchspine.data.images import IMAGE_EXTENSIONS
 
 __all__ = ["FORMATS", "ImportResult", "import_annotations", "import_csv", "import_voc", "import_yolo",
@@ -48,6 +50,7 @@ class _Box:
     x2: float
     y2: float
     extra: dict[str, Any] | None = None
+    where: str = ""  # the file and line / object it came from, for messages
 
 
 @dataclass
@@ -62,12 +65,20 @@ class ImportResult:
         return not self.report.problems
 
 
+def _read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file (a byte-order mark is dropped); bad bytes are a ``ValueError`` naming it."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+
+
 def read_class_names(path: str | os.PathLike) -> list[str]:
     """Class names, one per line (blank lines and ``#`` comments ignored), e.g. YOLO's ``classes.txt``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"class names file not found: {path}")
-    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    names = [ln.strip() for ln in _read_text(path, "class names file").splitlines()]
     names = [n for n in names if n and not n.startswith("#")]
     if not names:
         raise ValueError(f"class names file {path}: no names in it")
@@ -77,16 +88,23 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def _image_size(path: Path, where: str | None = None) -> tuple[int, int]:
-    """``(width, height)`` from the file header (no decoding); ``where`` names the record citing it."""
+def _image_size(path: Path, where: str | None = None, *, displayed: bool = False) -> tuple[int, int]:
+    """``(width, height)`` from the file header (no decoding); ``where`` names the record citing it.
+
+    ``displayed``: after the EXIF orientation (sides swapped for orientations 5-8), the image a
+    viewer shows; otherwise the stored pixel grid.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
         raise FileNotFoundError((f"{where}: " if where else "") + f"image file not found: {path}")
     try:
         with Image.open(path) as im:
-            return int(im.width), int(im.height)
-    except (UnidentifiedImageError, OSError) as e:
+            w, h = int(im.width), int(im.height)
+            if displayed and im.getexif().get(0x0112) in (5, 6, 7, 8):  # 0x0112: Orientation
+                w, h = h, w
+            return w, h
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"image {path}: cannot be read ({e})") from e
 
 
@@ -97,9 +115,38 @@ def _number(text: str | None, *, where: str, field: str) -> float:
         raise ValueError(f"{where}: field {field!r} is not a number: {text!r}") from None
 
 
+def _note_exif_orientations(report: CheckReport, images: list[dict[str, Any]], image_dir: Path) -> None:
+    """A note for each image with an EXIF orientation: pixel boxes (VOC, CSV) do not say whether
+    they were drawn on the stored pixels or on the image as a viewer shows it, and a flip or a
+    half turn keeps the size, so nothing can tell; the note says which one the boxes are read on."""
+    from PIL import Image
+
+    for im in images:
+        path = image_dir / im["file_name"]
+        try:
+            with Image.open(path) as pil:
+                turn, stored = pil.getexif().get(0x0112), pil.size
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue  # an unreadable image is a problem of its own in the report
+        if turn not in (2, 3, 4, 5, 6, 7, 8):
+            continue
+        on = ("the stored pixel grid (not rotated)" if turn >= 5 and (im["width"], im["height"]) == stored
+              else "the image as a viewer shows it (EXIF applied)")
+        report.notes.append(Problem("exif_orientation", "image", im["id"],
+                                    f"{path} carries EXIF orientation {turn}: its boxes are read on {on}, "
+                                    f"{im['width']}x{im['height']}; check that they were drawn there"))
+
+
 def _build(boxes: Iterable[_Box], sizes: dict[str, tuple[int, int]], *, classes: Sequence[str] | None,
-           image_dir: str | os.PathLike | None, source: str) -> ImportResult:
+           image_dir: str | os.PathLike | None, source: str, sizes_as_shown: bool = False) -> ImportResult:
     boxes = list(boxes)
+    bad = [f"{b.where}: corners ({b.x1:g}, {b.y1:g}) - ({b.x2:g}, {b.y2:g}) "
+           + ("are not finite numbers" if not all(map(math.isfinite, (b.x1, b.y1, b.x2, b.y2)))
+              else "have the max corner before the min corner")
+           for b in boxes if not (all(map(math.isfinite, (b.x1, b.y1, b.x2, b.y2))) and b.x2 >= b.x1 and b.y2 >= b.y1)]
+    if bad:
+        raise ValueError(f"{source}: {len(bad)} box(es) cannot be converted:\n  " + "\n  ".join(bad[:10])
+                         + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""))
     names = list(classes) if classes is not None else sorted({b.label for b in boxes})
     cat_id = {n: i + 1 for i, n in enumerate(names)}
     unknown = sorted({b.label for b in boxes} - set(cat_id))
@@ -121,6 +168,8 @@ def _build(boxes: Iterable[_Box], sizes: dict[str, tuple[int, int]], *, classes:
     coco = {"info": {"description": f"imported by torchspine from {source}"}, "images": images,
             "annotations": anns, "categories": [{"id": cat_id[n], "name": n} for n in names]}
     report = check_coco(coco, image_dir=image_dir, source=source, decode=image_dir is not None)
+    if image_dir is not None and not sizes_as_shown:
+        _note_exif_orientations(report, images, Path(image_dir))
     logger.info("%s: %d images, %d boxes, %d classes", source, len(images), len(anns), len(names))
     return ImportResult(coco, report)
 
@@ -174,7 +223,8 @@ def import_voc(ann: str | os.PathLike, image_dir: str | os.PathLike, *, classes:
                 raise ValueError(f"{where}: no <bndbox>")
             x1, y1, x2, y2 = (_number(bb.findtext(k), where=where, field=f"bndbox/{k}")
                               for k in ("xmin", "ymin", "xmax", "ymax"))
-            boxes.append(_Box(fname, name, x1 - 1, y1 - 1, x2, y2, {"difficult": 1} if difficult else None))
+            boxes.append(_Box(fname, name, x1 - 1, y1 - 1, x2, y2, {"difficult": 1} if difficult else None,
+                              f"{where} (bndbox xmin {x1:g} ymin {y1:g} xmax {x2:g} ymax {y2:g}, 1-based)"))
     return _build(boxes, sizes, classes=classes, image_dir=image_dir, source=str(ann))
 
 
@@ -206,11 +256,13 @@ def import_yolo(label_dir: str | os.PathLike, image_dir: str | os.PathLike, *,
         raise FileNotFoundError(f"YOLO label file(s) without an image in {image_dir}: {orphans[:5]}"
                                 + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else ""))
     boxes: list[_Box] = []
-    sizes = {p.name: _image_size(p) for p in images}
+    # Normalised to the image as shown, after its EXIF orientation (Ultralytics, whose format
+    # this is, sizes images with exif_size in ultralytics/data/utils.py and reads them rotated).
+    sizes = {p.name: _image_size(p, displayed=True) for p in images}
     for lp in labels:
         img = by_stem[lp.stem]
         w, h = sizes[img.name]
-        for n, line in enumerate(lp.read_text(encoding="utf-8").splitlines(), start=1):
+        for n, line in enumerate(_read_text(lp, "YOLO file").splitlines(), start=1):
             parts = line.split()
             if not parts:
                 continue
@@ -229,8 +281,8 @@ def import_yolo(label_dir: str | os.PathLike, image_dir: str | os.PathLike, *,
                 raise ValueError(f"{where}: {', '.join(bad)} outside [0, 1] (YOLO coordinates are fractions of the "
                                  f"image width and height): {line.strip()!r}")
             boxes.append(_Box(img.name, classes[int(c)], (cx - bw / 2) * w, (cy - bh / 2) * h,
-                              (cx + bw / 2) * w, (cy + bh / 2) * h))
-    return _build(boxes, sizes, classes=classes, image_dir=image_dir, source=str(label_dir))
+                              (cx + bw / 2) * w, (cy + bh / 2) * h, where=where))
+    return _build(boxes, sizes, classes=classes, image_dir=image_dir, source=str(label_dir), sizes_as_shown=True)
 
 
 _CSV_COLUMNS = {
@@ -249,8 +301,8 @@ def import_csv(csv_file: str | os.PathLike, image_dir: str | os.PathLike, *,
     csv_file, image_dir = Path(csv_file), Path(image_dir)
     if not csv_file.is_file():
         raise FileNotFoundError(f"CSV file not found: {csv_file}")
-    with open(csv_file, newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    rows = [r for r in csv.reader(io.StringIO(_read_text(csv_file, "CSV file"), newline=""))
+            if any(c.strip() for c in r)]
     if not rows:
         raise ValueError(f"CSV file {csv_file}: empty")
     header = [c.strip().lower() for c in rows[0]]
@@ -288,7 +340,7 @@ def import_csv(csv_file: str | os.PathLike, image_dir: str | os.PathLike, *,
         x1, y1, x2, y2 = (_number(v, where=where, field=k) for v, k in zip(coords, ("x1", "y1", "x2", "y2")))
         if not label:
             raise ValueError(f"{where}: box without a class name")
-        boxes.append(_Box(fname, label, x1, y1, x2, y2))
+        boxes.append(_Box(fname, label, x1, y1, x2, y2, where=where))
     return _build(boxes, sizes, classes=classes, image_dir=image_dir, source=str(csv_file))
 
 

@@ -79,7 +79,7 @@ def tile_dataset(coco: dict[str, Any], image_dir: str | os.PathLike, out_dir: st
     tiles without boxes are left out unless ``keep_empty``. Masks are not tiled."""
     from PIL import Image
 
-    from torchspine.data.images import read_image
+    from torchspine.data.images import read_image_as_annotated
     from torchspine.utils import atomic_write
 
     check_tiling(tile, overlap)
@@ -93,7 +93,8 @@ def tile_dataset(coco: dict[str, Any], image_dir: str | os.PathLike, out_dir: st
     used: set[str] = set()
     dropped = 0
     for img in sorted(coco["images"], key=lambda im: im["id"]):
-        pixels = read_image(image_dir / img["file_name"])
+        arr, _ = read_image_as_annotated(image_dir / img["file_name"], img["width"], img["height"])
+        pixels = torch.from_numpy(arr).permute(2, 0, 1)  # the grid its boxes were drawn on (EXIF: see there)
         h, w = int(pixels.shape[-2]), int(pixels.shape[-1])
         src = [a for a in by_image.get(img["id"], []) if not a.get("iscrowd", 0)]
         xywh = torch.tensor([a["bbox"] for a in src], dtype=torch.float64).reshape(-1, 4)

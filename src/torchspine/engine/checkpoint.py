@@ -123,6 +123,20 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: tor
     logger.debug("checkpoint step %d -> %s", step, path)
 
 
+def torch_load_reason(e: BaseException) -> str:
+    """The line of a ``torch.load(weights_only=True)`` error that says what was wrong. torch's
+    message is a paragraph advising ``weights_only=False`` (running the file's code), which is
+    wrong advice for a damaged file; the reason is the line after "WeightsUnpickler error:", a
+    line naming a refused GLOBAL, or the first line."""
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    for i, line in enumerate(lines):
+        if "GLOBAL" in line:
+            return line[:300]
+        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
+            return lines[i + 1][:300]
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
 def load_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any = None, ema: nn.Module | None = None, scaler: Any = None,
                     map_location: str | torch.device = "cpu", restore_rng: bool = True,
@@ -139,7 +153,8 @@ def load_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: tor
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises several types for a bad file
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read: {e}") from e
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({torch_load_reason(e)}): it is damaged or not a "
+                         f"torchspine checkpoint; remove it to start the run over") from e
     if str(map_location) != "cpu":
         state["model"] = _to(state["model"], map_location)
         if state.get("ema") is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -96,20 +97,23 @@ class ClassifyConfig:
         for name in ("image_size", "batch_size", "epochs"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise bad(name, "must be a positive integer")
-        if not self.base_lr > 0:
+        if not (self.base_lr > 0 and math.isfinite(self.base_lr)):
             raise bad("base_lr", "must be positive")
+        if not 0.0 <= self.momentum <= 1.0:  # also refuses NaN (every comparison with NaN is false)
+            raise bad("momentum", "must be in [0, 1]")
+        if not (isinstance(self.workers, int) and self.workers >= 0):
+            raise bad("workers", "must be a non-negative integer (0: load in the main process)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise bad("label_smoothing", "must be in [0, 1)")
         if self.schedule not in ("cosine", "step"):
             raise bad("schedule", "must be 'cosine' or 'step'")
-        if self.warmup_epochs < 0 or self.weight_decay < 0:
-            raise bad("warmup_epochs" if self.warmup_epochs < 0 else "weight_decay", "must be >= 0")
+        for name in ("warmup_epochs", "weight_decay", "grad_clip_norm"):  # NaN too: it trained to a NaN loss
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise bad(name, "must be a finite number >= 0" + (" (0 disables clipping)" if "clip" in name else ""))
         if not 0.0 < self.min_scale <= 1.0:
             raise bad("min_scale", "must be in (0, 1]")
         if not 0.0 <= self.ema_decay < 1.0:
             raise bad("ema_decay", "must be in [0, 1) (0 disables the EMA)")
-        if self.grad_clip_norm < 0:
-            raise bad("grad_clip_norm", "must be >= 0 (0 disables clipping)")
         if self.amp_dtype not in ("auto", "float16", "bfloat16"):
             raise bad("amp_dtype", "must be 'auto', 'float16' or 'bfloat16'")
         if self.sync_bn not in ("auto", "off", "on"):

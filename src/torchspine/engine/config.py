@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -264,4 +265,11 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     if not isinstance(d, dict):
         raise ValueError(f"{p}: expected a JSON object of TrainConfig fields")
     d.update(overrides)
-    return TrainConfig.from_dict(d, source=str(p))
+    try:
+        return TrainConfig.from_dict(d, source=str(p))
+    except ValueError as e:
+        # a bad value given as an override (a command-line flag or --set) is not the recipe's fault
+        m = re.match(rf"{re.escape(str(p))}: (?:unknown )?field '(\w+)'", str(e))
+        if m and m.group(1) in overrides:
+            raise ValueError(f"value given for {m.group(1)!r} (over recipe {p.name})" + str(e)[len(str(p)):]) from None
+        raise

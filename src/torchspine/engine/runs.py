@@ -162,21 +162,25 @@ def load_trained(path: str | os.PathLike, *, device: str = "cpu", **overrides: A
     ``overrides`` change settings that do not change the weights (``score_thresh``,
     ``image_size``, ...)."""
     from torchspine.models.registry import create_model
-    from torchspine.models.saved import load_model, load_weights, read_model_metadata
+    from torchspine.models.saved import NoModelMetadata, load_model, load_weights, read_model_metadata
 
     file, run_dir = find_model_file(path)
     cfg = load_run_config(run_dir) if run_dir else {}
     try:
         meta = read_model_metadata(file)
-    except ValueError:
+    except NoModelMetadata:  # damaged metadata or an unreadable file: the error names it
         meta = None
     if meta is not None and (meta.get("info") or {}).get("source") != "converted" and not overrides:
         model = load_model(file, device=device)
         info = dict(meta["info"])
         name = meta["model"]
     elif meta is not None:
-        kw = {**meta["overrides"], **overrides}
-        model = create_model(meta["model"], **kw)
+        kw = {**meta["overrides"], **overrides} if isinstance(meta["overrides"], dict) else meta["overrides"]
+        try:
+            model = create_model(meta["model"], **kw)
+        except (ValueError, TypeError) as e:  # damaged or foreign metadata: name the file (as load_model does)
+            raise ValueError(f"{file}: its metadata (model {meta['model']!r}, settings {kw!r:.300}) does not build "
+                             f"a model: {e}") from e
         load_weights(model, file)
         model.to(device).eval()
         info, name = dict(meta["info"]), meta["model"]
@@ -251,7 +255,9 @@ def resume_config(output_dir: str | os.PathLike, given: dict[str, Any], *, flags
                                 f"the run to continue?)")
     base = TrainConfig.from_dict(saved, source=str(run / "config.json"))
     cur = base.to_dict()
-    for source, values in (("recipe", recipe or {}), ("command line", given)):
+    # a recipe value the command line overrides did not make the run (the command line won then too)
+    from_recipe = {k: v for k, v in (recipe or {}).items() if k not in given}
+    for source, values in (("recipe", from_recipe), ("command line", given)):
         for key, value in values.items():
             if key in RESUME_MAY_CHANGE or key.startswith("_") or key not in cur:
                 continue

@@ -290,7 +290,8 @@ def calibration_inputs(images_dir: str | os.PathLike, result: ExportResult, *, c
                        mean: tuple[float, float, float] = IMAGENET_MEAN,
                        std: tuple[float, float, float] = IMAGENET_STD) -> list[np.ndarray]:
     """Calibration inputs for an exported graph from the images in ``images_dir`` (the first
-    ``count``, sorted by name), each resized to the export's example size.
+    ``count`` readable ones, sorted by name; an unreadable image is skipped with a warning),
+    each resized to the export's example size.
 
     A detector with post-processing takes the raw ``(3, H, W)`` image in [0, 1] (its graph
     normalises); the other graphs take the ImageNet-normalised batch ``(1, 3, H, W)`` that the
@@ -301,13 +302,22 @@ def calibration_inputs(images_dir: str | os.PathLike, result: ExportResult, *, c
     folder = os.fspath(images_dir)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"--calibrate {folder}: no such folder")
-    files = find_images([folder])[:count]
+    if count < 1:
+        raise ValueError(f"calibration needs at least one image, got count={count}")
+    files = find_images([folder])
     if not files:
         raise ValueError(f"--calibrate {folder}: no image files (.jpg, .png, ...) in the folder")
     h, w = result.example_shape[-2:]
-    out = []
+    out, bad = [], []
     for f in files:
-        img = read_image(f).float()[None] / 255.0
+        if len(out) == count:
+            break
+        try:  # an unreadable image is skipped (named), as predict does; the next one takes its place
+            img = read_image(f).float()[None] / 255.0
+        except (FileNotFoundError, ValueError) as e:
+            bad.append(str(e))
+            log.warning("calibration: skipping %s", e)
+            continue
         img = torch.nn.functional.interpolate(img, size=(h, w), mode="bilinear", align_corners=False,
                                               antialias=True).clamp_(0, 1)
         if result.postprocess:
@@ -316,6 +326,8 @@ def calibration_inputs(images_dir: str | os.PathLike, result: ExportResult, *, c
             m = torch.tensor(mean).view(1, 3, 1, 1)
             sd = torch.tensor(std).view(1, 3, 1, 1)
             out.append(((img - m) / sd).numpy())
+    if not out:
+        raise ValueError(f"--calibrate {folder}: none of its {len(files)} image files can be read (first: {bad[0]})")
     return out
 
 

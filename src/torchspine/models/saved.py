@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FORMAT", "load_model", "load_state_dict", "load_weights", "model_config", "read_model_metadata",
-           "save_model"]
+__all__ = ["FORMAT", "NoModelMetadata", "load_model", "load_state_dict", "load_weights", "model_config",
+           "read_model_metadata", "save_model"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,36 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     return state
 
 
+def _fit_dtypes(path: Path | str, state: dict[str, Tensor], own: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with float16 / bfloat16 tensors in the model's dtype (a file saved after
+    ``model.half()`` loads into a float32 model; ``load_state_dict(assign=True)`` would keep
+    float16 and the first forward fails on "Input type and weight type should be the same").
+
+    Refuses, naming the file and tensors, integer tensors where the model has floating ones
+    (their values would be truncated) and NaN / infinite values (a diverged training: every
+    prediction would be NaN, i.e. silently nothing).
+    """
+    out, wrong_kind, not_finite = {}, [], []
+    for k, v in state.items():
+        ref = own.get(k)
+        if ref is not None and ref.is_floating_point():
+            if not v.is_floating_point():
+                wrong_kind.append(f"{k} ({str(v.dtype).replace('torch.', '')})")
+                continue
+            if not bool(torch.isfinite(v).all()):
+                not_finite.append(k)
+            if v.dtype in (torch.float16, torch.bfloat16) and ref.dtype != v.dtype:
+                v = v.to(ref.dtype)  # float64 files keep their precision (the converter's parity checks)
+        out[k] = v
+    if wrong_kind:
+        raise ValueError(f"weights {path}: {len(wrong_kind)} tensors are not floating point where the model's are, "
+                         f"e.g. {wrong_kind[:3]}: not weights of this model")
+    if not_finite:
+        raise ValueError(f"weights {path}: {len(not_finite)} tensors hold NaN or infinite values, e.g. "
+                         f"{not_finite[:3]} (a training run that diverged?): every prediction would be NaN")
+    return out
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> nn.Module:
     """Load ``path`` into ``model`` (see :func:`load_state_dict`); returns ``model``.
 
@@ -76,6 +106,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Tr
     if bad_shapes:
         raise ValueError(f"weights {path}: shape mismatch for {len(bad_shapes)} tensors, e.g. {bad_shapes[:3]} "
                          f"(built with different settings, e.g. num_classes?)")
+    state = _fit_dtypes(path, state, own)
     result = model.load_state_dict(state, strict=False)
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if strict and (missing or unexpected):
@@ -140,6 +171,31 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, name: str | None = 
     return path
 
 
+class NoModelMetadata(ValueError):
+    """A readable safetensors file that holds tensors without the settings to rebuild a model
+    (bare weights, or a torchspine 0.1 trainer file): a run's ``config.json`` may supply them.
+    Damaged torchspine metadata is a plain ``ValueError``."""
+
+
+def _check_info(path: Path, info: Any) -> dict[str, Any]:
+    """The saved ``info`` dict, its fields of known meaning checked (a ``ValueError`` names the
+    file, field and value; used later, they failed as a bare ``int()`` error or were ignored)."""
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: damaged metadata: 'info' is not a JSON object ({info!r:.100})")
+    checks = {"num_classes": lambda v: v is None or (is_int(v) and v >= 1),
+              "image_size": lambda v: v is None or (is_int(v) and v >= 1),
+              "label_names": lambda v: v is None or isinstance(v, list),
+              "category_ids": lambda v: v is None or (isinstance(v, list) and all(is_int(c) for c in v))}
+    for key, ok in checks.items():
+        if key in info and not ok(info[key]):
+            raise ValueError(f"{path}: damaged metadata: info field {key!r} is {info[key]!r:.100}")
+    return info
+
+
 def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """``{"model", "overrides", "info"}`` of a saved model, without reading its tensors.
 
@@ -165,7 +221,7 @@ def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
     try:
         if fmt == FORMAT:
             return {"model": meta["model"], "overrides": json.loads(meta["overrides"]),
-                    "info": json.loads(meta.get("info", "{}")), "path": str(path)}
+                    "info": _check_info(path, json.loads(meta.get("info", "{}"))), "path": str(path)}
         if fmt == _LEGACY_CONVERTED:
             return {"model": meta["model"], "overrides": json.loads(meta["overrides"]),
                     "info": {"source": "converted"}, "path": str(path)}
@@ -177,11 +233,11 @@ def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
     except (KeyError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: torchspine metadata is damaged ({e})") from e
     if "model" in meta and "steps" in meta:  # detector files of the torchspine 0.1 trainer
-        raise ValueError(f"{path}: weights of {meta['model']} written by the torchspine 0.1 trainer without the "
+        raise NoModelMetadata(f"{path}: weights of {meta['model']} written by the torchspine 0.1 trainer without the "
                          f"model's settings, so it cannot be rebuilt from the file alone: use "
                          f"create_model({meta['model']!r}, <the run's settings>) and load_weights(model, path), "
                          f"or save it again with save_model")
-    raise ValueError(f"{path}: safetensors file without torchspine model metadata (format={fmt!r}); it holds "
+    raise NoModelMetadata(f"{path}: safetensors file without torchspine model metadata (format={fmt!r}); it holds "
                      f"only tensors: build the model with create_model(...) and use load_weights(model, path)")
 
 
@@ -220,6 +276,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
         raise ValueError(f"{meta['path']}: does not fit {meta['model']} built from its own metadata: "
                          f"{len(bad)} shape mismatches {bad[:3]}, {len(missing)} missing {missing[:3]}, "
                          f"{len(unexpected)} unexpected {unexpected[:3]}")
+    state = _fit_dtypes(meta["path"], state, own)
     model.load_state_dict(state, strict=True, assign=True)
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftover:  # a non-persistent buffer the file cannot hold

@@ -17,9 +17,10 @@ import math
 from typing import Literal, Optional, Sequence
 
 import torch
+import torchvision
 from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from torchspine.utils import IMAGENET_MEAN, IMAGENET_STD
 
@@ -100,6 +101,20 @@ class DetectionTransform(GeneralizedRCNNTransform):
 
     def resize(self, image: Tensor, target: Optional[dict[str, Tensor]] = None):
         if self.resize_mode == "none":
+            return image, target
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        scale = self.image_size / max(h, w)
+        if not (torch.jit.is_scripting() or torchvision._is_tracing()) and min(h, w) * scale < 1:
+            # An extreme aspect ratio (e.g. 10 x 3000 px): torchvision's floor(side * scale) makes the
+            # short side 0 and interpolate fails; keep it one pixel, boxes scaled by the real ratio.
+            size = (max(1, math.floor(h * scale)), max(1, math.floor(w * scale)))
+            image = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+            if target is not None:
+                target = dict(target)
+                target["boxes"] = resize_boxes(target["boxes"], (h, w), size)
+                if "masks" in target:
+                    target["masks"] = torch.nn.functional.interpolate(target["masks"][:, None].float(),
+                                                                      size=size)[:, 0].byte()
             return image, target
         return super().resize(image, target)
 
