@@ -44,7 +44,7 @@ from torchspine.models.detection.anchors import SpineNetAnchorGenerator
 from torchspine.models.detection.heads import ConvFCBoxHead, MaskHead, RPNHeadPerLevelBN, pyramid_width
 from torchspine.models.detection.heads import box_predictor as _box_predictor
 from torchspine.models.detection.heads import mask_predictor as _mask_predictor
-from torchspine.models.detection.transform import DetectionTransform, ResizeMode
+from torchspine.models.detection.transform import DetectionTransform, ResizeInterpolation, ResizeMode
 
 __all__ = ["SpineNetMaskRCNN"]
 
@@ -92,6 +92,7 @@ class SpineNetMaskRCNN(MaskRCNN):
         detections_per_img: int = 100,
         rpn_pre_nms_top_n_test: int = 1000,
         rpn_post_nms_top_n_test: int = 1000,
+        resize_interpolation: ResizeInterpolation = "bilinear",
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
@@ -126,7 +127,8 @@ class SpineNetMaskRCNN(MaskRCNN):
             mask_roi_pool=MultiScaleRoIAlign(names, 14, sampling_ratio=2), mask_head=mask_head,
             mask_predictor=mask_predictor,
         )
-        self.transform = DetectionTransform(image_size, resize_mode=resize_mode, size_divisible=size_divisible)
+        self.transform = DetectionTransform(image_size, resize_mode=resize_mode, size_divisible=size_divisible,
+                                            resize_interpolation=resize_interpolation)
         self.num_classes = num_classes
         self.image_size = int(image_size)
         self._roi_channels = in_channels
