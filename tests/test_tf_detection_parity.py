@@ -358,3 +358,23 @@ def test_clip_to_canvas_lets_boxes_reach_into_the_padding() -> None:
         assert got["boxes"].tolist() == [[300.0, 380.0, 400.0, y2]]
     with pytest.raises(ValueError, match="clip_boxes_to"):
         create_model("retinanet_spinenet49s", clip_boxes_to="border", **kw)
+
+
+def test_official_candidates_same_both_ways() -> None:
+    # The fast path (threshold, then rank per class) and the traceable one (top-k per class over
+    # all anchors, then threshold; the official order) select the same candidates. Class 1 has
+    # 300 candidates above 0.05, more than the cap of 100 used here.
+    torch.manual_seed(1)
+    m = create_model("retinanet_spinenet49s", filter_size_scale=0.25, endpoints_num_filters=16, head_num_filters=16,
+                     head_num_convs=1, num_classes=6, pre_nms_top_k=100).eval()
+    logits = torch.randn(3000, 5) - 4.0
+    logits[:300, 0] = torch.rand(300) * 3
+    fast = m._official_candidates(logits, by_topk=False)
+    ref = m._official_candidates(logits, by_topk=True)
+    def key(a, c, s):
+        return sorted(zip(c.tolist(), a.tolist(), s.tolist()))
+
+    got, want = key(*fast), key(*ref)
+    assert [g[:2] for g in got] == [w[:2] for w in want]  # same (class, anchor) pairs
+    assert max(abs(g[2] - w[2]) for g, w in zip(got, want)) < 1e-6  # sigmoid may differ in the last bit
+    assert (fast[1] == 0).sum() == 100 and len(fast[0]) > 100
