@@ -102,6 +102,21 @@ def _head_outputs(rng: np.random.Generator, case: str, size: int = 640, num_clas
     return out
 
 
+ROI_IMAGE = 256
+
+
+def _roi_inputs(rng: np.random.Generator) -> dict:
+    """Features of levels 3..7 of a 256 x 256 image (NHWC) and 60 boxes (1, R, 4) yxyx of
+    28..250 px, so that every level gets some."""
+    out = {f"feat_{l}": rng.normal(0, 1, (1, ROI_IMAGE // 2**l, ROI_IMAGE // 2**l, 4)).astype(np.float32)
+           for l in LEVELS}
+    side = np.exp(rng.uniform(np.log(28), np.log(250), (60, 2)))
+    y0 = rng.uniform(0, ROI_IMAGE - side[:, 0])
+    x0 = rng.uniform(0, ROI_IMAGE - side[:, 1])
+    out["boxes"] = np.stack([y0, x0, y0 + side[:, 0], x0 + side[:, 1]], axis=1)[None].astype(np.float32)
+    return out
+
+
 RETINANET = {"size": 640, "filter_size_scale": 0.25, "endpoints": 64, "head_filters": 64, "logit_std": 0.45,
              "logit_bias": -5.0, "seed": 7}
 GEN_CASES = ("sparse", "crowded")
@@ -118,11 +133,13 @@ def official(tmp_path_factory, tf_python: str) -> Path:
         heads.update(_head_outputs(rng, case))
     np.savez(out / "heads.npz", **heads)
     np.savez(out / "image.npz", image=_smooth_image(rng, 334, 500))
+    np.savez(out / "roi.npz", **_roi_inputs(rng))
     jobs = [
         {"name": "anchors", "kind": "anchors", "sizes": ANCHOR_SIZES, "anchor_sizes": [3.0, 4.0]},
         {"name": "preprocess", "kind": "preprocess", "desired": 640, "inputs": str(out / "images.npz")},
         {"name": "generator", "kind": "generator", "padded": [640, 640], "anchor_size": 3.0,
          "cases": list(GEN_CASES), "clips": GEN_CLIPS, "inputs": str(out / "heads.npz")},
+        {"name": "roialign", "kind": "roialign", "crops": [7, 14], "inputs": str(out / "roi.npz")},
         {"name": "retinanet", "kind": "retinanet", **RETINANET, "inputs": str(out / "image.npz")},
     ]
     (out / "jobs.json").write_text(json.dumps(jobs))
@@ -234,6 +251,28 @@ def test_detection_generator_matches_model_garden(official: Path, case: str, cli
         key = f"{case}_{version}_{clip}"
         _assert_same_detections(got, ref[f"{key}_boxes"], ref[f"{key}_scores"], ref[f"{key}_classes"],
                                 box_atol=1e-3, score_atol=1e-6, what=key)
+
+
+# ------------------------------------------------------------------- 5. Mask R-CNN RoIAlign
+@pytest.mark.tf
+@pytest.mark.parametrize("crop", [7, 14])
+def test_roialign_matches_model_garden(official: Path, crop: int) -> None:
+    # torchspine's Mask R-CNN pools RoIs with torchvision's MultiScaleRoIAlign (sampling_ratio 2,
+    # aligned=False, levels floor(4 + log2(sqrt(area) / 224))); Model Garden with
+    # MultilevelROIAligner (official/vision/modeling/layers/roi_aligner.py).
+    from collections import OrderedDict
+
+    from torchvision.ops import MultiScaleRoIAlign
+
+    with np.load(official / "roi.npz") as inp, np.load(official / "roialign.npz") as ref:
+        feats = OrderedDict((f"p{l}", torch.from_numpy(inp[f"feat_{l}"]).permute(0, 3, 1, 2)) for l in LEVELS)
+        boxes = torch.from_numpy(inp["boxes"][0][:, SWAP])
+        pool = MultiScaleRoIAlign(list(feats), crop, sampling_ratio=2)
+        got = pool(feats, [boxes], [(ROI_IMAGE, ROI_IMAGE)])  # (R, C, crop, crop)
+        want = torch.from_numpy(ref[f"roi_{crop}"][0]).permute(0, 3, 1, 2)
+    assert got.shape == want.shape
+    err = (got - want).abs().amax(dim=(1, 2, 3))
+    assert err.max() <= 1e-5, f"RoIs off: {int((err > 1e-5).sum())} of {len(err)}, max {err.max():.3g}"
 
 
 # ------------------------------------------------------------------------------ 4. whole model

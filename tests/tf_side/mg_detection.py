@@ -206,6 +206,18 @@ def retinanet_job(job: dict, inputs, out_dir: str, out: dict) -> None:
     out["tpu_info"] = tinfo.numpy()
 
 
+def roialign_job(job: dict, inputs, out: dict) -> None:
+    """Model Garden's Mask R-CNN RoIAlign (``MultilevelROIAligner``: level
+    ``floor(log2(sqrt(area) / 224)) + 4``, 2 x 2 bilinear samples per bin, ``sample_offset`` 0.5)."""
+    from official.vision.modeling.layers import roi_aligner
+
+    feats = {str(l): tf.constant(inputs[f"feat_{l}"]) for l in range(3, 8)}
+    for crop in job["crops"]:
+        res = roi_aligner.MultilevelROIAligner(crop_size=crop, sample_offset=0.5)(
+            feats, tf.constant(inputs["boxes"]), training=False)
+        out[f"roi_{crop}"] = res.numpy()
+
+
 def main() -> int:
     with open(sys.argv[1], encoding="utf-8") as f:
         jobs = json.load(f)
@@ -219,6 +231,8 @@ def main() -> int:
             preprocess_job(job, inputs, out)
         elif job["kind"] == "generator":
             generator_job(job, inputs, out)
+        elif job["kind"] == "roialign":
+            roialign_job(job, inputs, out)
         elif job["kind"] == "retinanet":
             retinanet_job(job, inputs, out_dir, out)
         else:
