@@ -273,8 +273,11 @@ def test_roialign_matches_model_garden(official: Path, crop: int) -> None:
         got = pool(feats, [boxes], [(ROI_IMAGE, ROI_IMAGE)])  # (R, C, crop, crop)
         want = torch.from_numpy(ref[f"roi_{crop}"][0]).permute(0, 3, 1, 2)
     assert got.shape == want.shape
+    # float32 bilinear weights computed in another order: 1e-5 of the largest |feature| (~4.5);
+    # measured 1.3e-5.
+    tol = 1e-5 * want.abs().max().item()
     err = (got - want).abs().amax(dim=(1, 2, 3))
-    assert err.max() <= 1e-5, f"RoIs off: {int((err > 1e-5).sum())} of {len(err)}, max {err.max():.3g}"
+    assert err.max() <= tol, f"RoIs off: {int((err > tol).sum())} of {len(err)}, max {err.max():.3g}"
 
 
 # ------------------------------------------------------------------------------ 4. whole model
