@@ -117,6 +117,22 @@ def _roi_inputs(rng: np.random.Generator) -> dict:
     return out
 
 
+def _rcnn_inputs(rng: np.random.Generator, num_rois: int = 1000, num_classes: int = 91) -> dict:
+    """Second-stage inputs: 1000 proposals (yxyx) inside a 428 x 640 image, class logits with a
+    few confident RoIs, class-specific deltas (dy, dx, dh, dw) scaled by the (10, 10, 5, 5) weights."""
+    side = np.exp(rng.uniform(np.log(16), np.log(400), (num_rois, 2)))
+    y0 = rng.uniform(0, 428 - np.minimum(side[:, 0], 427))
+    x0 = rng.uniform(0, 640 - side[:, 1])
+    rois = np.stack([y0, x0, np.minimum(y0 + side[:, 0], 428), x0 + side[:, 1]], axis=1)
+    logits = rng.normal(0, 1.0, (num_rois, num_classes))
+    logits[:, 0] += 3.0  # mostly background
+    hot = rng.choice(num_rois, 300, replace=False)
+    logits[hot, rng.integers(1, num_classes, 300)] += rng.uniform(3, 8, 300)
+    deltas = rng.normal(0, 1, (num_rois, num_classes, 4)) * np.array([1.0, 1.0, 0.5, 0.5])
+    return {"rois": rois[None].astype(np.float32), "scores": logits[None].astype(np.float32),
+            "boxes": deltas.reshape(1, num_rois, num_classes * 4).astype(np.float32)}
+
+
 RETINANET = {"size": 640, "filter_size_scale": 0.25, "endpoints": 64, "head_filters": 64, "logit_std": 0.45,
              "logit_bias": -5.0, "seed": 7}
 GEN_CASES = ("sparse", "crowded")
@@ -134,11 +150,14 @@ def official(tmp_path_factory, tf_python: str) -> Path:
     np.savez(out / "heads.npz", **heads)
     np.savez(out / "image.npz", image=_smooth_image(rng, 334, 500))
     np.savez(out / "roi.npz", **_roi_inputs(rng))
+    np.savez(out / "rcnn.npz", **_rcnn_inputs(rng))
     jobs = [
         {"name": "anchors", "kind": "anchors", "sizes": ANCHOR_SIZES, "anchor_sizes": [3.0, 4.0]},
         {"name": "preprocess", "kind": "preprocess", "desired": 640, "inputs": str(out / "images.npz")},
         {"name": "generator", "kind": "generator", "padded": [640, 640], "anchor_size": 3.0,
          "cases": list(GEN_CASES), "clips": GEN_CLIPS, "inputs": str(out / "heads.npz")},
+        {"name": "rcnn_generator", "kind": "rcnn_generator", "image_shape": [428.0, 640.0],
+         "inputs": str(out / "rcnn.npz")},
         {"name": "roialign", "kind": "roialign", "crops": [7, 14], "inputs": str(out / "roi.npz")},
         {"name": "retinanet", "kind": "retinanet", **RETINANET, "inputs": str(out / "image.npz")},
     ]
@@ -278,6 +297,24 @@ def test_roialign_matches_model_garden(official: Path, crop: int) -> None:
     tol = 1e-5 * want.abs().max().item()
     err = (got - want).abs().amax(dim=(1, 2, 3))
     assert err.max() <= tol, f"RoIs off: {int((err > tol).sum())} of {len(err)}, max {err.max():.3g}"
+
+
+@pytest.mark.tf
+def test_second_stage_generator_matches_model_garden(official: Path) -> None:
+    # torchspine's Mask R-CNN box post-processing (torchvision's RoIHeads: softmax, background
+    # dropped, class-specific decoding with weights (10, 10, 5, 5), clip, score > 0.05, class-wise
+    # NMS 0.5, 100) against Model Garden's DetectionGenerator (Mask R-CNN config, v2).
+    model = create_model("maskrcnn_spinenet49s", filter_size_scale=0.25, endpoints_num_filters=16,
+                         rpn_num_filters=16, head_num_filters=16, head_num_convs=1, fc_dims=16,
+                         mask_num_convs=1, num_classes=91).eval()
+    with np.load(official / "rcnn.npz") as inp, np.load(official / "rcnn_generator.npz") as ref:
+        logits = torch.from_numpy(inp["scores"][0])
+        deltas = torch.from_numpy(inp["boxes"][0]).view(-1, 91, 4)[..., SWAP].reshape(-1, 91 * 4)
+        rois = torch.from_numpy(inp["rois"][0][:, SWAP])
+        boxes, scores, labels = model.roi_heads.postprocess_detections(logits, deltas, [rois], [(428, 640)])
+        got = {"boxes": boxes[0], "scores": scores[0], "labels": labels[0]}
+        _assert_same_detections(got, ref["boxes"], ref["scores"], ref["classes"], box_atol=1e-3, score_atol=1e-6,
+                                what="second stage")
 
 
 # ------------------------------------------------------------------------------ 4. whole model

@@ -218,6 +218,26 @@ def roialign_job(job: dict, inputs, out: dict) -> None:
         out[f"roi_{crop}"] = res.numpy()
 
 
+def rcnn_generator_job(job: dict, inputs, out: dict) -> None:
+    """Model Garden's second-stage generator (``DetectionGenerator`` with the Mask R-CNN config's
+    settings; box weights (10, 10, 5, 5) as ``maskrcnn_model.py`` passes them)."""
+    from official.vision.configs import maskrcnn as maskrcnn_cfg
+    from official.vision.modeling.layers import detection_generator
+
+    g = maskrcnn_cfg.DetectionGenerator()
+    gen = detection_generator.DetectionGenerator(
+        apply_nms=g.apply_nms, pre_nms_top_k=g.pre_nms_top_k, pre_nms_score_threshold=g.pre_nms_score_threshold,
+        nms_iou_threshold=g.nms_iou_threshold, max_num_detections=g.max_num_detections, nms_version=g.nms_version,
+        use_cpu_nms=g.use_cpu_nms, soft_nms_sigma=g.soft_nms_sigma, use_sigmoid_probability=g.use_sigmoid_probability)
+    res = gen(tf.constant(inputs["boxes"]), tf.constant(inputs["scores"]), tf.constant(inputs["rois"]),
+              tf.constant([job["image_shape"]], tf.float32), regression_weights=[10.0, 10.0, 5.0, 5.0],
+              bbox_per_class=True)
+    n = int(res["num_detections"][0])
+    out["boxes"] = res["detection_boxes"][0, :n].numpy()
+    out["scores"] = res["detection_scores"][0, :n].numpy()
+    out["classes"] = res["detection_classes"][0, :n].numpy()
+
+
 def main() -> int:
     with open(sys.argv[1], encoding="utf-8") as f:
         jobs = json.load(f)
@@ -231,6 +251,8 @@ def main() -> int:
             preprocess_job(job, inputs, out)
         elif job["kind"] == "generator":
             generator_job(job, inputs, out)
+        elif job["kind"] == "rcnn_generator":
+            rcnn_generator_job(job, inputs, out)
         elif job["kind"] == "roialign":
             roialign_job(job, inputs, out)
         elif job["kind"] == "retinanet":
