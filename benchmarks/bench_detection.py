@@ -12,7 +12,9 @@ the median is reported.
   min_size=640, max_size=640)`` as shipped, and the same peer given the same cheap wins
   (:func:`torchspine.models.optimize.optimize_for_inference`: BN folding, channels_last).
 * ``score_thresh=0`` for both so that NMS sees its full load (1000 candidates per level) even
-  with randomly initialised weights (whose class probabilities are all about 0.01).
+  with randomly initialised weights (whose class probabilities are all about 0.01), and
+  torchspine's ``postprocess="per_level"`` (torchvision's rule, the peer's): with the official
+  rule (the default: top 5000 per class) a zero threshold would send 450,000 boxes to NMS.
 
     python benchmarks/bench_detection.py [--reps 5] [--size 640] [--json out.json]
     python benchmarks/bench_detection.py --threads 1 --cpu-time   # robust on a busy machine
@@ -62,7 +64,8 @@ def main() -> None:
     import torchvision
 
     torch.manual_seed(0)
-    ours_eager = create_model("retinanet_spinenet49", image_size=args.size, score_thresh=0.0).eval()
+    ours_eager = create_model("retinanet_spinenet49", image_size=args.size, score_thresh=0.0,
+                              postprocess="per_level").eval()
     ours = prepare_for_inference(ours_eager)
     peer = torchvision.models.detection.retinanet_resnet50_fpn(
         weights=None, weights_backbone=None, min_size=args.size, max_size=args.size, score_thresh=0.0).eval()

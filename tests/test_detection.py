@@ -135,7 +135,9 @@ def test_transform_long_side_resize_square_pad_and_box_mapping():
     t = DetectionTransform(256).eval()
     images, _ = t([torch.rand(3, 100, 200), torch.rand(1, 50, 40), torch.rand(4, 64, 64)])
     assert images.tensors.shape == (3, 3, 256, 256)  # paper: padded to a square of the target size
-    assert images.image_sizes == [(128, 256), (256, 204), (256, 256)]  # long side -> 256
+    # long side -> 256; the short side rounded as the official resize_and_crop_image does:
+    # 40 * 256 / 50 = 204.8 -> 205 (torchvision's floor gave 204).
+    assert images.image_sizes == [(128, 256), (256, 205), (256, 256)]
     # zero padding (in normalised space) below the first image
     assert images.tensors[0, :, 128:, :].abs().max() == 0
     det = [{"boxes": torch.tensor([[0.0, 0.0, 256.0, 128.0]])}]
@@ -379,7 +381,7 @@ def test_postprocess_equals_torchvision_with_background_removed():
     from torchvision.models.detection import RetinaNet
 
     torch.manual_seed(0)
-    model = tiny_retinanet(score_thresh=0.3, topk_candidates=200)
+    model = tiny_retinanet(score_thresh=0.3, topk_candidates=200, postprocess="per_level")
     sizes = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
     anchors = model.anchor_generator.grid_anchors_for(sizes, dtype=torch.float32, device=torch.device("cpu"))
     logits = [torch.randn(2, h * w * 9, 91) * 1.5 for h, w in sizes]

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from torchspine.specs.spec import CODEBASE_FLAVORS
 
 __all__ = ["CODEBASE_DEFAULTS", "CODEBASE_NAMES", "Codebase", "checkpoint_task", "codebase_settings",
-           "detect_codebase"]
+           "detect_codebase", "detector_settings_for"]
 
 Codebase = Literal["tpu", "mg"]
 
@@ -67,3 +67,24 @@ def checkpoint_task(names: list[str] | set[str]) -> str:
     if any("class_net/" in n or "_classifier/" in n for n in names):
         return "detector"
     return "backbone"
+
+
+def detector_settings_for(codebase: str, task: str) -> dict[str, Any]:
+    """The inference conventions of each codebase that a converted detector keeps (its outputs
+    then match what the official code returns for the same image):
+
+    * tensorflow/tpu resizes with TF1 ``tf.image.resize_images`` (no half-pixel centres;
+      ``utils/input_utils.py``) and clips boxes to the scaled image (``image_info[1]`` is the
+      scaled size; ``modeling/retinanet_model.py``);
+    * Model Garden resizes with TF2 ``tf.image.resize`` (half-pixel centres) and clips to the
+      desired (padded) size, its ``image_info[1]`` (``official/vision/ops/preprocess_ops.py``,
+      ``official/vision/serving/detection.py``).
+
+    Both then run the same detection generator (the RetinaNet default ``postprocess="official"``).
+    """
+    if task not in ("detector", "instance_segmentation"):
+        return {}
+    out: dict[str, Any] = {"resize_interpolation": "bilinear_tf1" if codebase == "tpu" else "bilinear"}
+    if task == "detector":
+        out["clip_boxes_to"] = "image" if codebase == "tpu" else "canvas"
+    return out

@@ -41,6 +41,7 @@ from torchspine.interop.codebase import (
     checkpoint_task,
     codebase_settings,
     detect_codebase,
+    detector_settings_for,
 )
 from torchspine.interop.convert_head import (
     transfer_classifier_head,
@@ -176,6 +177,7 @@ def convert_checkpoint(
         n = _num_classes_in(tf_vars, task, probe)
         if n is not None:
             settings["num_classes"] = n
+    settings.update(detector_settings_for(codebase, task))
     model_kwargs = {**settings, **overrides}
     with torch.device("meta"):
         model = create_model(model_name, **model_kwargs)
@@ -207,7 +209,8 @@ def convert_checkpoint(
     spec = backbone.spec
     used = {"codebase": codebase, "activation": spec.activation, "padding": spec.padding,
             "bn_momentum": spec.norm.momentum, "bn_epsilon": spec.norm.epsilon,
-            **{k: v for k, v in model_kwargs.items() if k in ("flavor", "num_classes")}}
+            **{k: v for k, v in model_kwargs.items()
+               if k in ("flavor", "num_classes", "resize_interpolation", "clip_boxes_to")}}
     log.info("converted %s (%s) into %s with %s", source, CODEBASE_NAMES[codebase], model_name, used)
     return ConversionResult({k: transfer.state[k] for k in expected}, model_name, model_kwargs, codebase, source, used)
 

@@ -12,11 +12,16 @@ classes):
 * RPN over P3..P7: one 3x3 conv (bias) shared across levels, **per-level BN**, act, then
   1x1 objectness (A) and 1x1 box (4A) convs; A = 3 (one scale, aspect ratios {0.5, 1, 2}).
   590,080 + 5 x 512 + 771 + 3,084 = 596,495 parameters.
-* RoIAlign 7x7 on P3..P7 (level from the box size, canonical level 4 at 224 px, as official).
+* RoIAlign 7x7 on P3..P7 (level ``floor(4 + log2(sqrt(area) / 224))``, as official) with **one
+  bilinear sample at the centre of each bin** (``roi_sampling_ratio=1``): tensorflow/tpu
+  ``ops/spatial_transform_ops.py`` and tensorflow/models ``official/vision/ops/
+  spatial_transform_ops.py`` ``multilevel_crop_and_resize`` (``sample_offset=0.5``), equal to
+  torchvision's ``roi_align(sampling_ratio=1, aligned=False)`` (tested against Model Garden);
+  torchvision's Mask R-CNN averages 2 x 2 samples.
 * Box head: 4 x (3x3 conv with bias, BN, act), flatten, fc 12,544 -> 1,024 (bias), BN, act;
   predictor fc 1,024 -> 91 classes and 1,024 -> 4 x 91 class-specific boxes.
   4 x 590,592 + 12,846,080 + 2,048 + 93,275 + 373,100 = 15,676,871 parameters.
-* RoIAlign 14x14; mask head: 4 x (3x3 conv with bias, BN, act), 2x2/2 deconv (bias), BN, act,
+* RoIAlign 14x14 (the same sampling); mask head: 4 x (3x3 conv with bias, BN, act), 2x2/2 deconv (bias), BN, act,
   1x1 conv to 91 classes (28x28 masks). 4 x 590,592 + 262,400 + 512 + 23,387 = 2,648,667.
 
 Heads total 18,922,033; plus backbone with endpoints 21,831,488 (49) = 40,753,521.
@@ -44,7 +49,7 @@ from torchspine.models.detection.anchors import SpineNetAnchorGenerator
 from torchspine.models.detection.heads import ConvFCBoxHead, MaskHead, RPNHeadPerLevelBN, pyramid_width
 from torchspine.models.detection.heads import box_predictor as _box_predictor
 from torchspine.models.detection.heads import mask_predictor as _mask_predictor
-from torchspine.models.detection.transform import DetectionTransform, ResizeMode
+from torchspine.models.detection.transform import DetectionTransform, ResizeInterpolation, ResizeMode
 
 __all__ = ["SpineNetMaskRCNN"]
 
@@ -92,6 +97,8 @@ class SpineNetMaskRCNN(MaskRCNN):
         detections_per_img: int = 100,
         rpn_pre_nms_top_n_test: int = 1000,
         rpn_post_nms_top_n_test: int = 1000,
+        resize_interpolation: ResizeInterpolation = "bilinear",
+        roi_sampling_ratio: int = 1,
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
@@ -120,13 +127,14 @@ class SpineNetMaskRCNN(MaskRCNN):
             backbone, None, min_size=image_size, max_size=image_size,
             rpn_anchor_generator=rpn_anchor_generator, rpn_head=rpn_head,
             rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
-            box_roi_pool=MultiScaleRoIAlign(names, 7, sampling_ratio=2), box_head=box_head,
+            box_roi_pool=MultiScaleRoIAlign(names, 7, sampling_ratio=roi_sampling_ratio), box_head=box_head,
             box_predictor=box_predictor, box_score_thresh=score_thresh, box_nms_thresh=nms_thresh,
             box_detections_per_img=detections_per_img,
-            mask_roi_pool=MultiScaleRoIAlign(names, 14, sampling_ratio=2), mask_head=mask_head,
+            mask_roi_pool=MultiScaleRoIAlign(names, 14, sampling_ratio=roi_sampling_ratio), mask_head=mask_head,
             mask_predictor=mask_predictor,
         )
-        self.transform = DetectionTransform(image_size, resize_mode=resize_mode, size_divisible=size_divisible)
+        self.transform = DetectionTransform(image_size, resize_mode=resize_mode, size_divisible=size_divisible,
+                                            resize_interpolation=resize_interpolation)
         self.num_classes = num_classes
         self.image_size = int(image_size)
         self._roi_channels = in_channels

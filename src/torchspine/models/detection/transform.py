@@ -4,7 +4,17 @@ Paper section 5.1 and tensorflow/tpu models/official/detection/utils/input_utils
 target image size then the short side is padded with zeros to make a square image", after
 ImageNet mean/std normalisation (so the padding is zero in normalised space, as in the
 official ``pad_to_fixed_size``). Boxes are mapped back to each original image by
-torchvision's ``postprocess``.
+torchvision's ``postprocess`` (scale = resized size / original size per axis, the official
+``image_info[2]``).
+
+The resized size is the official one (``resize_and_crop_image`` of tensorflow/tpu
+``utils/input_utils.py`` and tensorflow/models ``official/vision/ops/preprocess_ops.py``):
+``scale = min(S / h, S / w)`` and ``round(h * scale)`` in float32 (round half to even, as
+``tf.round``); torchvision floors ``h * scale`` (one pixel short for e.g. 334 x 500 -> 427 x 640
+instead of 428 x 640). Two bilinear kernels: ``"bilinear"`` (half-pixel centres: Model Garden's
+TF2 ``tf.image.resize``, and ``F.interpolate(align_corners=False)``) and ``"bilinear_tf1"``
+(tensorflow/tpu's TF1 ``tf.image.resize_images``: source pixel ``i * in / out``, no half-pixel
+offset, which ``F.interpolate`` does not offer).
 
 A subclass of torchvision's ``GeneralizedRCNNTransform``; written because torchvision resizes
 the *short* side (``min_size``) and pads only to a multiple of 32, and rejects grayscale,
@@ -24,10 +34,53 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 
 from torchspine.utils import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["DetectionTransform", "ResizeMode", "to_rgb_float"]
+__all__ = ["DetectionTransform", "ResizeInterpolation", "ResizeMode", "official_resized_size", "resize_bilinear_tf1",
+           "to_rgb_float"]
 
 ResizeMode = Literal["square", "long_side", "none"]
 _RESIZE_MODES = ("square", "long_side", "none")
+ResizeInterpolation = Literal["bilinear", "bilinear_tf1"]
+_INTERPOLATIONS = ("bilinear", "bilinear_tf1")
+
+
+def official_resized_size(height: int, width: int, image_size: int) -> tuple[int, int]:
+    """``(h, w)`` of an image whose long side is resized to ``image_size``, as the official code
+    computes it: ``scale = min(S / h, S / w)``, ``round(size * scale)``, all in float32 and
+    rounding half to even (``tf.round``)."""
+    size = torch.tensor([float(height), float(width)], dtype=torch.float32)
+    target = torch.tensor(float(image_size), dtype=torch.float32)
+    scale = torch.minimum(target / size[0], target / size[1])
+    new = torch.round(size * scale)
+    # An extreme aspect ratio (e.g. 1 x 3000 px) would round its short side to 0: keep one pixel.
+    return max(1, int(new[0])), max(1, int(new[1]))
+
+
+def _tf1_axis(in_size: int, out_size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    # Source coordinate i * (in / out), both factors float32 as in TF's CalculateResizeScale.
+    scale = torch.tensor(in_size, dtype=torch.float32) / torch.tensor(out_size, dtype=torch.float32)
+    src = torch.arange(out_size, dtype=torch.float32, device=device) * scale.to(device)
+    lo = src.floor().clamp(max=in_size - 1)
+    frac = src - lo
+    lo = lo.long()
+    hi = (lo + 1).clamp(max=in_size - 1)
+    return lo, hi, frac
+
+
+def resize_bilinear_tf1(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of ``(C, H, W)`` to ``size`` as TF1 ``tf.image.resize_images`` does it
+    (``align_corners=False``, ``half_pixel_centers=False``: output pixel ``i`` samples input
+    ``i * in / out``), the resize of tensorflow/tpu ``utils/input_utils.py``."""
+    h, w = image.shape[-2:]
+    y0, y1, fy = _tf1_axis(int(h), int(size[0]), image.device)
+    x0, x1, fx = _tf1_axis(int(w), int(size[1]), image.device)
+    img = image.float()
+    top = img[:, y0, :]
+    bottom = img[:, y1, :]
+    fy = fy[None, :, None]
+    rows = top + (bottom - top) * fy
+    left = rows[:, :, x0]
+    right = rows[:, :, x1]
+    return (left + (right - left) * fx[None, None, :]).to(image.dtype)
 
 
 
@@ -71,6 +124,8 @@ class DetectionTransform(GeneralizedRCNNTransform):
         size_divisible: padding multiple for ``"long_side"`` / ``"none"`` (128 = the P7 stride,
             so every level tiles exactly; SpineNet itself accepts any size).
         image_mean, image_std: normalisation (ImageNet, :data:`torchspine.utils.IMAGENET_MEAN` / ``IMAGENET_STD``).
+        resize_interpolation: ``"bilinear"`` (half-pixel centres; Model Garden) or ``"bilinear_tf1"``
+            (tensorflow/tpu's TF1 resize); see the module docstring.
     """
 
     def __init__(
@@ -81,9 +136,12 @@ class DetectionTransform(GeneralizedRCNNTransform):
         size_divisible: int = 128,
         image_mean: Sequence[float] = IMAGENET_MEAN,
         image_std: Sequence[float] = IMAGENET_STD,
+        resize_interpolation: ResizeInterpolation = "bilinear",
     ) -> None:
         if resize_mode not in _RESIZE_MODES:
             raise ValueError(f"resize_mode {resize_mode!r}: expected one of {_RESIZE_MODES}")
+        if resize_interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"resize_interpolation {resize_interpolation!r}: expected one of {_INTERPOLATIONS}")
         if int(image_size) < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
         # min_size == max_size == image_size makes torchvision's scale min(S/short, S/long) = S/long.
@@ -91,6 +149,7 @@ class DetectionTransform(GeneralizedRCNNTransform):
                          size_divisible=size_divisible)
         self.image_size = int(image_size)
         self.resize_mode = resize_mode
+        self.resize_interpolation = resize_interpolation
 
     def forward(
         self, images: list[Tensor], targets: Optional[list[dict[str, Tensor]]] = None
@@ -102,21 +161,30 @@ class DetectionTransform(GeneralizedRCNNTransform):
     def resize(self, image: Tensor, target: Optional[dict[str, Tensor]] = None):
         if self.resize_mode == "none":
             return image, target
-        h, w = int(image.shape[-2]), int(image.shape[-1])
-        scale = self.image_size / max(h, w)
-        if not (torch.jit.is_scripting() or torchvision._is_tracing()) and min(h, w) * scale < 1:
-            # An extreme aspect ratio (e.g. 10 x 3000 px): torchvision's floor(side * scale) makes the
-            # short side 0 and interpolate fails; keep it one pixel, boxes scaled by the real ratio.
-            size = (max(1, math.floor(h * scale)), max(1, math.floor(w * scale)))
+        h, w = (int(v) for v in image.shape[-2:])
+        size = official_resized_size(h, w, self.image_size)
+        if self.resize_interpolation == "bilinear_tf1":
+            image = resize_bilinear_tf1(image, size)
+        else:
             image = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-            if target is not None:
-                target = dict(target)
-                target["boxes"] = resize_boxes(target["boxes"], (h, w), size)
-                if "masks" in target:
-                    target["masks"] = torch.nn.functional.interpolate(target["masks"][:, None].float(),
-                                                                      size=size)[:, 0].byte()
+        if target is None:
             return image, target
-        return super().resize(image, target)
+        target = dict(target)
+        if "boxes" in target:
+            target["boxes"] = resize_boxes(target["boxes"], [h, w], list(size))
+        if "masks" in target:
+            masks = target["masks"][:, None].float()
+            target["masks"] = torch.nn.functional.interpolate(masks, size=size)[:, 0].byte()
+        return image, target
+
+    def canvas_size(self, image_shape: Sequence[int]) -> tuple[int, int]:
+        """The padded image that holds a resized image of ``image_shape``: ``image_size`` square
+        (``"square"``), else each side rounded up to ``size_divisible`` (Model Garden's
+        ``image_info[1]``, the box clipping window of its detection generator)."""
+        if self.resize_mode == "square":
+            return self.image_size, self.image_size
+        d = self.size_divisible
+        return int(math.ceil(image_shape[0] / d) * d), int(math.ceil(image_shape[1] / d) * d)
 
     def batch_images(self, images: list[Tensor], size_divisible: int = 128) -> Tensor:
         height = max(img.shape[-2] for img in images)
@@ -134,4 +202,5 @@ class DetectionTransform(GeneralizedRCNNTransform):
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(image_size={self.image_size}, resize_mode={self.resize_mode!r}, "
-                f"mean={tuple(self.image_mean)}, std={tuple(self.image_std)})")
+                f"resize_interpolation={self.resize_interpolation!r}, mean={tuple(self.image_mean)}, "
+                f"std={tuple(self.image_std)})")
