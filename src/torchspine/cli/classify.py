@@ -133,7 +133,7 @@ def config_from_train_args(args: argparse.Namespace, sets: dict[str, Any]):
         values["epochs"] = int(round(args.epochs))
     if getattr(args, "no_progress", False):
         values["progress"] = False
-    for flag in ("channels_last", "activation_checkpointing"):
+    for flag in ("channels_last", "onednn_pointwise", "activation_checkpointing"):
         if getattr(args, flag, False):
             values[flag] = True
     if getattr(args, "bf16", False):
