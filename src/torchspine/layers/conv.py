@@ -188,14 +188,14 @@ class OneDNNPointwiseConv2d(nn.Conv2d):
 
     PyTorch runs a float32 1x1 stride-1 convolution on a batch under 16 with one thread through
     its own GEMM path (``_slow_conv2d_forward`` / ``_slow_conv2d_backward``; the choice is
-    ``use_mkldnn`` in aten/src/ATen/native/Convolution.cpp), which on the CPUs measured in
+    ``use_mkldnn`` in aten/src/ATen/native/Convolution.cpp), which on the CPU measured in
     docs/benchmarks.md runs at 40-105 GFLOP/s where oneDNN reaches about 220. A pointwise
     convolution treats every pixel alike, so this layer convolves a channels_last ``(N, C, H, W)``
     input as the ``(N*H, C, 1, W)`` batch of its image rows (a view: no copy in or out), which
     PyTorch hands to oneDNN for the forward and both gradients. Every output is the same sum
     over the same input channels; only the order of the float32 additions inside oneDNN
-    differs. Other inputs (NCHW, CUDA, batches PyTorch already gives to oneDNN, fewer than 16
-    rows) take the plain ``nn.Conv2d`` path. :func:`set_onednn_pointwise` switches a model's
+    differs. Other inputs (NCHW, CUDA, several intra-op threads or batches of 16 and more, which
+    PyTorch already gives to oneDNN, fewer than 16 rows) take the plain ``nn.Conv2d`` path. :func:`set_onednn_pointwise` switches a model's
     eligible convolutions (a class swap, undone by ``enabled=False``).
     """
 
@@ -209,9 +209,10 @@ class OneDNNPointwiseConv2d(nn.Conv2d):
 
 
 def _rows_eligible(x: torch.Tensor) -> bool:
+    """PyTorch would take its GEMM path (one thread, batch under 16), and the rows are a view."""
     return (x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32 and x.layout == torch.strided
-            and x.shape[0] < 16 <= x.shape[0] * x.shape[2] and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last)
+            and x.shape[0] < 16 <= x.shape[0] * x.shape[2] and torch.get_num_threads() == 1
+            and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
             and not torch.jit.is_scripting() and not torch.jit.is_tracing())
 
 
