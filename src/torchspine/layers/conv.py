@@ -195,8 +195,9 @@ class OneDNNPointwiseConv2d(nn.Conv2d):
     PyTorch hands to oneDNN for the forward and both gradients. Every output is the same sum
     over the same input channels; only the order of the float32 additions inside oneDNN
     differs. Other inputs (NCHW, CUDA, several intra-op threads or batches of 16 and more, which
-    PyTorch already gives to oneDNN, fewer than 16 rows) take the plain ``nn.Conv2d`` path. :func:`set_onednn_pointwise` switches a model's
-    eligible convolutions (a class swap, undone by ``enabled=False``).
+    PyTorch already gives to oneDNN, fewer than 16 rows) take the plain ``nn.Conv2d`` path.
+    :func:`set_onednn_pointwise` switches a model's eligible convolutions (a class swap, undone
+    by ``enabled=False``).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
