@@ -210,11 +210,12 @@ class OneDNNPointwiseConv2d(nn.Conv2d):
 
 
 def _rows_eligible(x: torch.Tensor) -> bool:
-    """PyTorch would take its GEMM path (one thread, batch under 16), and the rows are a view."""
+    """PyTorch would take its GEMM path (one thread, batch under 16), and the rows are a view.
+    Eager only: traced, scripted and compiled graphs keep the plain convolution."""
     return (x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32 and x.layout == torch.strided
             and x.shape[0] < 16 <= x.shape[0] * x.shape[2] and torch.get_num_threads() == 1
             and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.jit.is_scripting() and not torch.jit.is_tracing())
+            and not torch.jit.is_scripting() and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
 
 def _is_pointwise(m: nn.Module) -> bool:
