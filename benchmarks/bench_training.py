@@ -15,9 +15,10 @@ oneDNN as a batch of image rows (torchspine's ``onednn_pointwise`` training opti
 ``--activation-checkpointing`` recomputes SpineNet's scale-permuted blocks in the backward
 (torchspine's training option; torchvision's model has no such option and runs plain).
 ``--matrix`` measures the engine's training options side by side in one run: default,
-channels_last, channels_last + activation checkpointing, the same with oneDNN 1x1 convolutions, bf16 autocast, each SpineNet row
-alternating with torchvision's plain fp32 NCHW model (the peer the goal names) and repeated
-``--repeats`` times; ratios are medians over the repeats.
+channels_last, channels_last + activation checkpointing, channels_last + oneDNN 1x1 convolutions
+(alone and with checkpointing), bf16 autocast, each SpineNet row alternating with torchvision's
+plain fp32 NCHW model (the peer the goal names) and repeated ``--repeats`` times; ratios are
+medians over the repeats.
 Besides wall time, ``cpu_s_per_step`` is the process CPU time per step (with ``--threads 1`` it
 is robust to load from other processes; the speed ratio is then computed from it).
 """
