@@ -394,3 +394,15 @@ def test_onednn_pointwise_detector_step_matches_in_training_mode():
     ours = ((g_b - g_a).norm() / g_a.norm()).item(), stat_distance(plain, fast)
     assert ours[0] < 2 * layout_noise[0] and ours[1] < 2 * layout_noise[1], (ours, layout_noise)
     assert all(int(v) == 1 for k, v in _buffers(fast).items() if k.endswith("num_batches_tracked"))
+
+
+def test_fit_refuses_onednn_pointwise_without_channels_last(tmp_path):
+    # fit() sits below both configs (detection and classification training): it checks too.
+    from torchspine.engine.fit import FitOptions, fit
+
+    model = torch.nn.Conv2d(3, 3, 1)
+    opts = FitOptions(output_dir=tmp_path, batch_size=1, total_steps=1, lr=0.1, onednn_pointwise=True)
+    with pytest.raises(ValueError, match="onednn_pointwise: acts on channels_last"):
+        fit(model=model, train_model=model, loss_fn=lambda m, b: m(b).sum(), dataset=[torch.zeros(3, 4, 4)],
+            collate=torch.stack, opts=opts)
+    assert type(model) is torch.nn.Conv2d  # refused before anything was switched
