@@ -223,9 +223,11 @@ def test_train_flags_set_the_config_fields():
     assert not (default.channels_last or default.onednn_pointwise or default.activation_checkpointing)  # off
     with pytest.raises(ValueError, match="channels_last"):
         TrainConfig.from_dict({"channels_last": "yes"})
-    # The oneDNN route acts on channels_last activations only: without the layout it would do nothing.
+    # The oneDNN route acts on channels_last activations only: without the layout it would do
+    # nothing, so a config refuses it and the flag brings the layout along.
     with pytest.raises(ValueError, match="'onednn_pointwise' needs channels_last"):
         TrainConfig.from_dict({"onednn_pointwise": True})
+    assert config_overrides(p.parse_args(["--onednn-pointwise"])) == {"onednn_pointwise": True, "channels_last": True}
 
 
 class _Stop(Exception):

@@ -42,8 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action="store_true",
                    help="train in the channels_last memory layout (same math; see docs/benchmarks.md)")
     p.add_argument("--onednn-pointwise", action="store_true",
-                   help="CPU, with --channels-last: run the 1x1 convolutions through oneDNN (same math; see "
-                        "docs/training.md)")
+                   help="CPU: run the 1x1 convolutions through oneDNN (implies --channels-last; same math; "
+                        "see docs/training.md)")
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="recompute the backbone's scale-permuted blocks in the backward pass: less memory, "
                         "one more forward of the blocks, same results")
@@ -89,6 +89,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
                         ("activation_checkpointing", "activation_checkpointing"), ("bf16", "amp")):
         if getattr(args, flag, False):
             over[field] = True
+    if getattr(args, "onednn_pointwise", False):
+        over["channels_last"] = True  # the oneDNN route works on channels_last activations
     if getattr(args, "bf16", False):
         over["amp_dtype"] = "bfloat16"
     if getattr(args, "no_progress", False):
