@@ -5,17 +5,20 @@ Each model runs in its own subprocess so that peak memory (CUDA: max allocated; 
 RSS growth over the process's baseline after model construction) is its own.
 
     python benchmarks/bench_training.py --size 640 --batch 2 --steps 3 [--device cuda]
-        [--channels-last] [--amp bfloat16] [--activation-checkpointing] [--threads 1]
+        [--channels-last] [--onednn-pointwise] [--amp bfloat16] [--activation-checkpointing] [--threads 1]
     python benchmarks/bench_training.py --matrix --size 640 --batch 2 --steps 2 --threads 1 --repeats 2
 
 ``--channels-last`` trains both models with channels_last weights and inputs (same math);
+``--onednn-pointwise`` (with ``--channels-last``) runs SpineNet's 1x1 stride-1 convolutions through
+oneDNN as a batch of image rows (torchspine's ``onednn_pointwise`` training option; same math);
 ``--amp bfloat16`` runs the forward under ``torch.autocast(dtype=torch.bfloat16)`` (both models).
 ``--activation-checkpointing`` recomputes SpineNet's scale-permuted blocks in the backward
 (torchspine's training option; torchvision's model has no such option and runs plain).
 ``--matrix`` measures the engine's training options side by side in one run: default,
-channels_last, channels_last + activation checkpointing, bf16 autocast, each SpineNet row
-alternating with torchvision's plain fp32 NCHW model (the peer the goal names) and repeated
-``--repeats`` times; ratios are medians over the repeats.
+channels_last, channels_last + activation checkpointing, channels_last + oneDNN 1x1 convolutions
+(alone and with checkpointing), bf16 autocast, each SpineNet row alternating with torchvision's
+plain fp32 NCHW model (the peer the goal names) and repeated ``--repeats`` times; ratios are
+medians over the repeats.
 Besides wall time, ``cpu_s_per_step`` is the process CPU time per step (with ``--threads 1`` it
 is robust to load from other processes; the speed ratio is then computed from it).
 """
@@ -36,7 +39,7 @@ def _peak_rss_mb() -> float:
 
 def measure(name: str, size: int, batch: int, steps: int, warmup: int, device: str, threads: int | None,
             channels_last: bool = False, amp: str | None = None, checkpointing: bool = False,
-            checkpoint_max_level: int | None = None) -> dict:
+            checkpoint_max_level: int | None = None, onednn_pointwise: bool = False) -> dict:
     import torch
 
     if threads:
@@ -50,6 +53,10 @@ def measure(name: str, size: int, batch: int, steps: int, warmup: int, device: s
             from torchspine.models.backbone import set_activation_checkpointing
 
             set_activation_checkpointing(model, max_level=checkpoint_max_level)
+        if onednn_pointwise:
+            from torchspine.layers.conv import set_onednn_pointwise
+
+            set_onednn_pointwise(model)
     else:
         from torchvision.models.detection import retinanet_resnet50_fpn
 
@@ -101,6 +108,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--onednn-pointwise", action="store_true",
+                    help="SpineNet's 1x1 convolutions through oneDNN (with --channels-last)")
     ap.add_argument("--amp", choices=("bfloat16", "float16"), default=None)
     ap.add_argument("--activation-checkpointing", action="store_true")
     ap.add_argument("--checkpoint-max-level", type=int, default=None,
@@ -112,7 +121,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.one:
         print(json.dumps(measure(a.one, a.size, a.batch, a.steps, a.warmup, a.device, a.threads,
-                                 a.channels_last, a.amp, a.activation_checkpointing, a.checkpoint_max_level)))
+                                 a.channels_last, a.amp, a.activation_checkpointing, a.checkpoint_max_level,
+                                 a.onednn_pointwise)))
         return
     if a.matrix:
         matrix(a)
@@ -130,6 +140,8 @@ def main() -> None:
             cmd.append(f"--amp={a.amp}")
         if a.activation_checkpointing:
             cmd.append("--activation-checkpointing")
+        if a.onednn_pointwise and name == "retinanet_spinenet49":
+            cmd.append("--onednn-pointwise")
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     ref = rows[1]
@@ -157,6 +169,13 @@ MATRIX = (("default", []), ("channels_last", ["--channels-last"]),
           ("channels_last + checkpointing", ["--channels-last", "--activation-checkpointing"]),
           ("channels_last + checkpointing L2-3", ["--channels-last", "--activation-checkpointing",
                                                   "--checkpoint-max-level=3"]),
+          ("channels_last + onednn_pointwise", ["--channels-last", "--onednn-pointwise"]),
+          ("channels_last + onednn_pointwise + checkpointing L2-3", ["--channels-last", "--onednn-pointwise",
+                                                                     "--activation-checkpointing",
+                                                                     "--checkpoint-max-level=3"]),
+          ("channels_last + onednn_pointwise + checkpointing L2", ["--channels-last", "--onednn-pointwise",
+                                                                   "--activation-checkpointing",
+                                                                   "--checkpoint-max-level=2"]),
           ("bf16 autocast", ["--amp=bfloat16"]),
           ("channels_last + bf16 autocast", ["--channels-last", "--amp=bfloat16"]))
 
@@ -175,12 +194,12 @@ def matrix(a: argparse.Namespace) -> None:
             ours = _run_one(a, "retinanet_spinenet49", flags)
             peer = _run_one(a, "retinanet_resnet50_fpn", [])
             results[label].append((ours, peer))
-    print(f"{'SpineNet-49 option':34s} {'cpu s/step':>10s} {'R50 cpu s/step':>14s} {'speed vs R50':>12s} "
+    print(f"{'SpineNet-49 option':54s} {'cpu s/step':>10s} {'R50 cpu s/step':>14s} {'speed vs R50':>12s} "
           f"{'peak MB':>8s} {'R50 MB':>7s} {'mem vs R50':>10s}   (goal: speed >= 1.2, memory <= 1.0)")
     for label, pairs in results.items():
         speed = statistics.median(p["cpu_s_per_step"] / o["cpu_s_per_step"] for o, p in pairs)
         mem = statistics.median(o["peak_memory_mb"] / max(p["peak_memory_mb"], 1e-9) for o, p in pairs)
-        print(f"{label:34s} {statistics.median(o['cpu_s_per_step'] for o, _ in pairs):10.2f} "
+        print(f"{label:54s} {statistics.median(o['cpu_s_per_step'] for o, _ in pairs):10.2f} "
               f"{statistics.median(p['cpu_s_per_step'] for _, p in pairs):14.2f} {speed:12.2f} "
               f"{statistics.median(o['peak_memory_mb'] for o, _ in pairs):8.0f} "
               f"{statistics.median(p['peak_memory_mb'] for _, p in pairs):7.0f} {mem:10.2f}")

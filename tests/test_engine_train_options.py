@@ -1,5 +1,5 @@
-"""The same-math training options (channels_last, activation checkpointing of the backbone's
-scale-permuted blocks) and CPU bf16 autocast: one step with each option against one step
+"""The same-math training options (channels_last, 1x1 convolutions through oneDNN, activation
+checkpointing of the backbone's scale-permuted blocks) and CPU bf16 autocast: one step with each option against one step
 without, BatchNorm running statistics, the noise of stochastic depth / DropBlock, the flags,
 and an exact resume with the options on."""
 
@@ -16,6 +16,7 @@ from torchspine.engine.config import TrainConfig
 from torchspine.engine.fit import amp_dtype_for
 from torchspine.engine.loop import _to_channels_last
 from torchspine.engine.trainer import train
+from torchspine.layers.conv import Conv2dSame, OneDNNPointwiseConv2d, set_onednn_pointwise
 from torchspine.layers.dropout import DropPath, add_dropblock, sample_noise
 from torchspine.models.backbone import set_activation_checkpointing
 from torchspine.models.registry import create_model
@@ -212,20 +213,28 @@ def test_train_flags_set_the_config_fields():
 
     p = argparse.ArgumentParser()
     add_arguments(p)
-    over = config_overrides(p.parse_args(["--channels-last", "--activation-checkpointing", "--bf16"]))
-    assert over == {"channels_last": True, "activation_checkpointing": True, "amp": True, "amp_dtype": "bfloat16"}
+    over = config_overrides(p.parse_args(["--channels-last", "--onednn-pointwise", "--activation-checkpointing",
+                                          "--bf16"]))
+    assert over == {"channels_last": True, "onednn_pointwise": True, "activation_checkpointing": True, "amp": True,
+                    "amp_dtype": "bfloat16"}
     cfg = TrainConfig().replace(**over)
-    assert cfg.channels_last and cfg.activation_checkpointing and cfg.amp_dtype == "bfloat16"
-    assert not TrainConfig().channels_last and not TrainConfig().activation_checkpointing  # off by default
+    assert cfg.channels_last and cfg.onednn_pointwise and cfg.activation_checkpointing and cfg.amp_dtype == "bfloat16"
+    default = TrainConfig()
+    assert not (default.channels_last or default.onednn_pointwise or default.activation_checkpointing)  # off
     with pytest.raises(ValueError, match="channels_last"):
         TrainConfig.from_dict({"channels_last": "yes"})
+    # The oneDNN route acts on channels_last activations only: without the layout it would do
+    # nothing, so a config refuses it and the flag brings the layout along.
+    with pytest.raises(ValueError, match="'onednn_pointwise' needs channels_last"):
+        TrainConfig.from_dict({"onednn_pointwise": True})
+    assert config_overrides(p.parse_args(["--onednn-pointwise"])) == {"onednn_pointwise": True, "channels_last": True}
 
 
 class _Stop(Exception):
     pass
 
 
-def test_resume_is_exact_with_channels_last_and_checkpointing(tmp_path):
+def test_resume_is_exact_with_channels_last_onednn_pointwise_and_checkpointing(tmp_path):
     data = generate_synth(tmp_path / "synth", SynthConfig(num_train=8, num_val=2, image_size=64, seed=3))
     base = {
         "model": "retinanet_spinenet49s", "model_overrides": TINY_DETECTOR, "image_size": 64,
@@ -235,6 +244,7 @@ def test_resume_is_exact_with_channels_last_and_checkpointing(tmp_path):
         "schedule": "cosine", "device": "cpu", "num_threads": 1, "log_interval": 1, "checkpoint_interval": 1,
         "eval_interval": 0, "tensorboard": False, "progress": False, "seed": 5, "stochastic_depth_rate": 0.2,
         "dropblock": True, "ema_decay": 0.9, "channels_last": True, "activation_checkpointing": True,
+        "onednn_pointwise": True,
     }
     full = TrainConfig.from_dict({**base, "output_dir": str(tmp_path / "full")})
     cut = TrainConfig.from_dict({**base, "output_dir": str(tmp_path / "cut")})
@@ -268,9 +278,133 @@ def test_classifier_trains_with_every_option_from_the_command_line(tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--task", "classify", "--data", str(data), "--output-dir", str(out), "--epochs", "1",
                  "--batch-size", "4", "--image-size", "32", "--device", "cpu", "--no-progress",
-                 "--channels-last", "--activation-checkpointing", "--bf16",
+                 "--channels-last", "--onednn-pointwise", "--activation-checkpointing", "--bf16",
                  "--set", 'model_overrides={"filter_size_scale": 0.125, "endpoints_num_filters": 8}',
                  "--set", "warmup_epochs=0"]) == 0
     cfg = json.loads((out / "metrics.json").read_text())["config"]
-    assert cfg["channels_last"] and cfg["activation_checkpointing"] and cfg["amp_dtype"] == "bfloat16"
+    assert cfg["channels_last"] and cfg["onednn_pointwise"] and cfg["activation_checkpointing"]
+    assert cfg["amp_dtype"] == "bfloat16"
     assert (out / "model.safetensors").is_file()
+
+
+def _conv_ops(fn):
+    """The aten operators ``fn`` runs (forward and backward), by name."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+def test_onednn_pointwise_conv_is_the_same_convolution_through_onednn():
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(64, 32, 1, bias=True)
+    fast = copy.deepcopy(plain)
+    assert set_onednn_pointwise(fast) == 1 and type(fast) is OneDNNPointwiseConv2d
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(2, 64, 16, 24).contiguous(memory_format=torch.channels_last)
+
+    def step(conv):
+        conv.zero_grad()
+        xi = x.clone().requires_grad_()
+        y = conv(xi)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        return y, xi.grad, conv.weight.grad, conv.bias.grad
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # PyTorch's own choice for a 1x1 stride-1 conv of a batch of 2 on one thread (use_mkldnn in
+        # aten/src/ATen/native/Convolution.cpp): its GEMM path, which this layer exists to avoid ...
+        assert {"aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward"} <= _conv_ops(lambda: step(plain))
+        # ... and the layer's: oneDNN for the forward and the backward, no GEMM-path kernel.
+        ops = _conv_ops(lambda: step(fast))
+        assert "aten::mkldnn_convolution" in ops and not any("slow_conv2d" in k for k in ops), sorted(ops)
+        ref, out = step(plain), step(fast)
+    finally:
+        torch.set_num_threads(threads)
+    # The same sums of products in another order: equal to float32 rounding, bounded relative to
+    # the largest value of each tensor (sums of hundreds of terms cancel in places, so an
+    # elementwise relative bound would measure cancellation); a wrong view (rows and channels
+    # mixed up) is off by O(1) of that scale.
+    for a, b in zip(ref, out):
+        assert a.shape == b.shape and ((b - a).abs().max() / a.abs().max()).item() < 1e-5
+    assert out[0].is_contiguous(memory_format=torch.channels_last)  # the layout carries on, no copy
+    assert out[1].is_contiguous(memory_format=torch.channels_last)
+    # Inputs it leaves to nn.Conv2d: NCHW, and fewer than 16 image rows in all. Bit-equal.
+    for other in (x.contiguous(), x[:, :, :7].contiguous(memory_format=torch.channels_last)):
+        assert torch.equal(fast(other), plain(other))
+
+
+def test_set_onednn_pointwise_switches_only_plain_1x1_stride1_convs_and_back():
+    torch.manual_seed(0)
+    model = create_model("spinenet49", filter_size_scale=0.25)
+    model.extra = torch.nn.ModuleList([Conv2dSame(8, 8, 1), torch.nn.Conv2d(8, 8, 1, stride=2),
+                                       torch.nn.Conv2d(8, 8, 1, groups=2), torch.nn.Conv2d(8, 8, 3)])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pointwise = [m for m in model.modules() if type(m) is torch.nn.Conv2d and m.kernel_size == (1, 1)
+                 and m.stride == (1, 1) and m.groups == 1]
+    assert len(pointwise) > 40  # SpineNet-49: two per bottleneck block, plus projections
+    assert set_onednn_pointwise(model) == len(pointwise)
+    assert all(type(m) is OneDNNPointwiseConv2d for m in pointwise)
+    assert [type(m) for m in model.extra] == [Conv2dSame, torch.nn.Conv2d, torch.nn.Conv2d, torch.nn.Conv2d]
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert set_onednn_pointwise(model) == 0  # already switched
+    assert set_onednn_pointwise(model, enabled=False) == len(pointwise)
+    assert all(type(m) is torch.nn.Conv2d for m in pointwise)
+
+
+def test_onednn_pointwise_backbone_step_is_the_same_function():
+    # One forward + backward of SpineNet-49 (channels_last, float32) with and without the
+    # switch, BatchNorm in inference mode (in training mode a fresh network amplifies float32
+    # rounding into noise: see test_channels_last_step_is_the_same_function). The two differ only
+    # in the order of the float32 additions inside the 1x1 convolutions.
+    torch.manual_seed(0)
+    plain = create_model("spinenet49", filter_size_scale=0.25).to(memory_format=torch.channels_last)
+    fast = copy.deepcopy(plain)
+    assert set_onednn_pointwise(fast) > 0
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1)).contiguous(
+        memory_format=torch.channels_last)
+    loss_a, g_a = _projected_step(plain, x, frozen_bn=True)
+    loss_b, g_b = _projected_step(fast, x, frozen_bn=True)
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=0)
+    assert ((g_b - g_a).norm() / g_a.norm()).item() < 1e-5
+
+
+def test_onednn_pointwise_detector_step_matches_in_training_mode():
+    # The whole detector in training mode. The loss agrees to float32 rounding. Gradients and
+    # BatchNorm's running statistics after the step go through training-mode BN over the few
+    # values of the deepest maps, which turns rounding into differences of 5-20% (measured: the
+    # NCHW and channels_last steps, the same math, differ by 15% in the gradient and 17% in the
+    # worst running statistic); the switch must stay within that noise (measured 11% and 6%),
+    # while a wrong convolution changes the loss itself.
+    nchw = _detector()
+    plain = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+    fast = copy.deepcopy(plain)
+    assert set_onednn_pointwise(fast) > 0
+    images, targets = _detector_data()
+    (loss_n, g_n), (loss_a, g_a), (loss_b, g_b) = (_detector_step(m, images, targets) for m in (nchw, plain, fast))
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=0)
+
+    def stat_distance(m1, m2):
+        b1, b2 = _buffers(m1), _buffers(m2)
+        return max(((b2[k] - b1[k]).abs().max() / b1[k].abs().max().clamp_min(1e-12)).item()
+                   for k in b1 if "running" in k)
+
+    layout_noise = ((g_a - g_n).norm() / g_a.norm()).item(), stat_distance(nchw, plain)
+    ours = ((g_b - g_a).norm() / g_a.norm()).item(), stat_distance(plain, fast)
+    assert ours[0] < 2 * layout_noise[0] and ours[1] < 2 * layout_noise[1], (ours, layout_noise)
+    assert all(int(v) == 1 for k, v in _buffers(fast).items() if k.endswith("num_batches_tracked"))
+
+
+def test_fit_refuses_onednn_pointwise_without_channels_last(tmp_path):
+    # fit() sits below both configs (detection and classification training): it checks too.
+    from torchspine.engine.fit import FitOptions, fit
+
+    model = torch.nn.Conv2d(3, 3, 1)
+    opts = FitOptions(output_dir=tmp_path, batch_size=1, total_steps=1, lr=0.1, onednn_pointwise=True)
+    with pytest.raises(ValueError, match="onednn_pointwise: acts on channels_last"):
+        fit(model=model, train_model=model, loss_fn=lambda m, b: m(b).sum(), dataset=[torch.zeros(3, 4, 4)],
+            collate=torch.stack, opts=opts)
+    assert type(model) is torch.nn.Conv2d  # refused before anything was switched

@@ -133,9 +133,11 @@ def config_from_train_args(args: argparse.Namespace, sets: dict[str, Any]):
         values["epochs"] = int(round(args.epochs))
     if getattr(args, "no_progress", False):
         values["progress"] = False
-    for flag in ("channels_last", "activation_checkpointing"):
+    for flag in ("channels_last", "onednn_pointwise", "activation_checkpointing"):
         if getattr(args, flag, False):
             values[flag] = True
+    if getattr(args, "onednn_pointwise", False):
+        values["channels_last"] = True  # the oneDNN route works on channels_last activations
     if getattr(args, "bf16", False):
         values["amp"], values["amp_dtype"] = True, "bfloat16"
     for key, value in sets.items():

@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--freeze-bn", action="store_true", help="keep the backbone's BatchNorm frozen (inference mode)")
     p.add_argument("--channels-last", action="store_true",
                    help="train in the channels_last memory layout (same math; see docs/benchmarks.md)")
+    p.add_argument("--onednn-pointwise", action="store_true",
+                   help="CPU: run the 1x1 convolutions through oneDNN (implies --channels-last; same math; "
+                        "see docs/training.md)")
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="recompute the backbone's scale-permuted blocks in the backward pass: less memory, "
                         "one more forward of the blocks, same results")
@@ -82,9 +85,12 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         over["weights"] = str(w.resolve()) if w.exists() else args.weights  # a file / run, or a catalogue name
     for flag, field in (("resume", "resume"), ("skip_bad_annotations", "skip_bad_annotations"),
                         ("freeze_bn", "freeze_bn"), ("channels_last", "channels_last"),
+                        ("onednn_pointwise", "onednn_pointwise"),
                         ("activation_checkpointing", "activation_checkpointing"), ("bf16", "amp")):
         if getattr(args, flag, False):
             over[field] = True
+    if getattr(args, "onednn_pointwise", False):
+        over["channels_last"] = True  # the oneDNN route works on channels_last activations
     if getattr(args, "bf16", False):
         over["amp_dtype"] = "bfloat16"
     if getattr(args, "no_progress", False):

@@ -82,6 +82,7 @@ class ClassifyConfig:
     amp: bool = True  # CUDA: autocast; CPU: only with amp_dtype "bfloat16"
     amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"
     channels_last: bool = False  # same math, channels_last layout
+    onednn_pointwise: bool = False  # same math, CPU: 1x1 convs through oneDNN (needs channels_last)
     activation_checkpointing: bool = False  # same math, less memory: the backbone's blocks recomputed
     activation_checkpointing_max_level: int | None = None  # only the blocks at this level or finer (None: all)
     sync_bn: Literal["auto", "off", "on"] = "auto"
@@ -123,6 +124,8 @@ class ClassifyConfig:
         if not (isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda")
                                                   or self.device.startswith("cuda:"))):
             raise bad("device", "must be auto, cpu, cuda or cuda:N")
+        if self.onednn_pointwise and not self.channels_last:
+            raise bad("onednn_pointwise", "needs channels_last=True (it acts on channels_last activations)")
         return self
 
     @classmethod
@@ -238,7 +241,8 @@ def _train_classifier(cfg: ClassifyConfig, info: Any, device: torch.device, out:
         weight_decay=cfg.weight_decay, warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
         schedule=cfg.schedule, decay_steps=decay_steps if cfg.schedule == "step" else (),
         grad_clip_norm=cfg.grad_clip_norm, ema_decay=cfg.ema_decay, amp=cfg.amp, amp_dtype=cfg.amp_dtype,
-        channels_last=cfg.channels_last, activation_checkpointing=cfg.activation_checkpointing,
+        channels_last=cfg.channels_last, onednn_pointwise=cfg.onednn_pointwise,
+        activation_checkpointing=cfg.activation_checkpointing,
         activation_checkpointing_max_level=cfg.activation_checkpointing_max_level, resume=cfg.resume,
         checkpoint_interval=cfg.checkpoint_interval or steps_per_epoch,
         eval_interval=steps_per_epoch, log_interval=steps_per_epoch, tensorboard=cfg.tensorboard,

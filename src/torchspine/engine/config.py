@@ -83,6 +83,7 @@ class TrainConfig:
     amp: bool = True  # CUDA: autocast; CPU: only with amp_dtype "bfloat16" (auto / float16 stay float32 there)
     amp_dtype: AmpDtype = "auto"  # auto: bfloat16 where supported, else float16 with a grad scaler
     channels_last: bool = False  # same math, channels_last layout (docs/benchmarks.md: the measured gain)
+    onednn_pointwise: bool = False  # same math, CPU: 1x1 convs through oneDNN (needs channels_last)
     activation_checkpointing: bool = False  # same math, less memory: the backbone's blocks recomputed in backward
     activation_checkpointing_max_level: int | None = None  # only the blocks at this level or finer (None: all)
     # run
@@ -157,6 +158,8 @@ class TrainConfig:
             fail("decay_epochs", f"must all be below epochs={self.epochs}")
         if self.decay_steps and self.max_steps is not None and max(self.decay_steps) >= self.max_steps:
             fail("decay_steps", f"must all be below max_steps={self.max_steps}")
+        if self.onednn_pointwise and not self.channels_last:
+            fail("onednn_pointwise", "needs channels_last: true (it acts on channels_last activations)")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             fail("device", "must be auto, cpu, cuda or cuda:N")
         data = [self.train_ann, self.train_images]

@@ -53,6 +53,7 @@ class FitOptions:
     channels_last: bool = False  # weights, optimizer state and 4-D batches in channels_last
     activation_checkpointing: bool = False  # recompute the backbone's scale-permuted blocks in the backward
     activation_checkpointing_max_level: int | None = None  # only blocks at this level or finer (None: all)
+    onednn_pointwise: bool = False  # 1x1 convs on channels_last CPU activations through oneDNN (needs channels_last)
     resume: bool = False
     checkpoint_interval: int = 0
     eval_interval: int = 0
@@ -104,6 +105,15 @@ def fit(*, model: nn.Module, train_model: nn.Module, loss_fn: Callable[[nn.Modul
     out = Path(opts.output_dir)
     if opts.channels_last:  # before the optimizer, the EMA copy and the resume: their state follows the layout
         model.to(memory_format=torch.channels_last)
+    if opts.onednn_pointwise:
+        if not opts.channels_last:
+            raise ValueError("onednn_pointwise: acts on channels_last activations; set channels_last as well")
+        from torchspine.layers.conv import set_onednn_pointwise
+
+        switched = set_onednn_pointwise(model)
+        if opts.device.type != "cpu":
+            logger.info("onednn_pointwise: no effect on %s (a CPU option)", opts.device)
+        logger.info("onednn_pointwise: %d 1x1 convolutions run through oneDNN", switched)
     if opts.activation_checkpointing:
         from torchspine.models.backbone import set_activation_checkpointing
 
@@ -127,8 +137,9 @@ def fit(*, model: nn.Module, train_model: nn.Module, loss_fn: Callable[[nn.Modul
                       amp_dtype=amp_dtype, scaler=scaler, grad_clip_norm=opts.grad_clip_norm, ema=ema,
                       checkpoint_path=ckpt, channels_last=opts.channels_last)
     if amp_dtype is not None or opts.channels_last or opts.activation_checkpointing:
-        logger.info("training options: autocast %s, channels_last %s, activation checkpointing %s",
-                    amp_dtype, opts.channels_last, opts.activation_checkpointing)
+        logger.info("training options: autocast %s, channels_last %s, onednn_pointwise %s, activation "
+                    "checkpointing %s", amp_dtype, opts.channels_last, opts.onednn_pointwise,
+                    opts.activation_checkpointing)
     eval_model = ema.module if ema is not None else model
     log = LogHook(opts.log_interval, total_steps=opts.total_steps, batch_size=opts.batch_size,
                   progress=opts.progress, tensorboard_dir=out / "tb" if opts.tensorboard else None, on_step=on_step)

@@ -210,7 +210,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device, out: Path, mo
         warmup_init_factor=cfg.warmup_init_lr / cfg.lr, schedule=cfg.schedule, decay_steps=decay_steps,
         decay_factor=cfg.decay_factor, min_lr_ratio=cfg.min_lr_ratio, grad_clip_norm=cfg.grad_clip_norm,
         ema_decay=cfg.ema_decay, amp=cfg.amp, amp_dtype=cfg.amp_dtype, channels_last=cfg.channels_last,
-        activation_checkpointing=cfg.activation_checkpointing,
+        onednn_pointwise=cfg.onednn_pointwise, activation_checkpointing=cfg.activation_checkpointing,
         activation_checkpointing_max_level=cfg.activation_checkpointing_max_level, resume=cfg.resume,
         checkpoint_interval=cfg.checkpoint_interval, eval_interval=cfg.eval_interval,
         log_interval=cfg.log_interval, tensorboard=cfg.tensorboard, progress=cfg.progress,

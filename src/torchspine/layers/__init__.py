@@ -5,7 +5,8 @@ residual, MBConv, ResNeXt), so any spec can be built or drawn without importing 
 """
 
 from torchspine.layers.blocks import BLOCK_REGISTRY, BlockFamily, BottleneckBlock, ResidualBlock, register_block
-from torchspine.layers.conv import ConvNormAct, Conv2dSame, MaxPool2dSame, SeparableConv2d, create_act, create_conv, create_norm
+from torchspine.layers.conv import (ConvNormAct, Conv2dSame, MaxPool2dSame, OneDNNPointwiseConv2d, SeparableConv2d,
+                                   create_act, create_conv, create_norm, set_onednn_pointwise)
 from torchspine.layers.resample import ResampleWithAlpha, level_size, resize_nearest
 from torchspine.layers import mbconv as _mbconv  # noqa: F401  (registers the "mbconv" block)
 from torchspine.layers import resnext as _resnext  # noqa: F401  (registers the "resnext" block)
@@ -17,6 +18,7 @@ __all__ = [
     "Conv2dSame",
     "ConvNormAct",
     "MaxPool2dSame",
+    "OneDNNPointwiseConv2d",
     "ResampleWithAlpha",
     "ResidualBlock",
     "SeparableConv2d",
@@ -26,4 +28,5 @@ __all__ = [
     "level_size",
     "register_block",
     "resize_nearest",
+    "set_onednn_pointwise",
 ]

@@ -30,7 +30,9 @@ __all__ = [
     "create_conv",
     "create_norm",
     "init_conv_",
+    "OneDNNPointwiseConv2d",
     "same_pad_amounts",
+    "set_onednn_pointwise",
 ]
 
 
@@ -178,3 +180,59 @@ class SeparableConv2d(nn.Sequential):
         nn.init.xavier_uniform_(self.depthwise.weight)
         nn.init.xavier_uniform_(self.pointwise.weight)
         nn.init.zeros_(self.pointwise.bias)
+
+
+class OneDNNPointwiseConv2d(nn.Conv2d):
+    """A 1x1 stride-1 ``nn.Conv2d`` that gives small CPU batches to oneDNN: same weights,
+    same state dict, same convolution.
+
+    PyTorch runs a float32 1x1 stride-1 convolution on a batch under 16 with one thread through
+    its own GEMM path (``_slow_conv2d_forward`` / ``_slow_conv2d_backward``; the choice is
+    ``use_mkldnn`` in aten/src/ATen/native/Convolution.cpp), which on the CPU measured in
+    docs/benchmarks.md runs at 40-105 GFLOP/s where oneDNN reaches about 220. A pointwise
+    convolution treats every pixel alike, so this layer convolves a channels_last ``(N, C, H, W)``
+    input as the ``(N*H, C, 1, W)`` batch of its image rows (a view: no copy in or out), which
+    PyTorch hands to oneDNN for the forward and both gradients. Every output is the same sum
+    over the same input channels; only the order of the float32 additions inside oneDNN
+    differs. Other inputs (NCHW, CUDA, several intra-op threads or batches of 16 and more, which
+    PyTorch already gives to oneDNN, fewer than 16 rows) take the plain ``nn.Conv2d`` path.
+    :func:`set_onednn_pointwise` switches a model's eligible convolutions (a class swap, undone
+    by ``enabled=False``).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _rows_eligible(x):
+            return super().forward(x)
+        n, c, h, w = x.shape
+        rows = x.permute(0, 2, 1, 3).reshape(n * h, c, 1, w)  # channels_last memory: a view
+        y = F.conv2d(rows, self.weight, self.bias)
+        return y.reshape(n, h, y.shape[1], w).permute(0, 2, 1, 3)  # channels_last again, a view
+
+
+def _rows_eligible(x: torch.Tensor) -> bool:
+    """PyTorch would take its GEMM path (one thread, batch under 16), and the rows are a view.
+    Eager only: traced, scripted and compiled graphs keep the plain convolution."""
+    return (x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32 and x.layout == torch.strided
+            and x.shape[0] < 16 <= x.shape[0] * x.shape[2] and torch.get_num_threads() == 1
+            and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.jit.is_scripting() and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+
+
+def _is_pointwise(m: nn.Module) -> bool:
+    return (type(m) in (nn.Conv2d, OneDNNPointwiseConv2d) and m.kernel_size == (1, 1) and m.stride == (1, 1)
+            and m.padding in ((0, 0), "valid") and m.dilation == (1, 1) and m.groups == 1
+            and m.padding_mode == "zeros")
+
+
+def set_onednn_pointwise(model: nn.Module, enabled: bool = True) -> int:
+    """Turn every plain 1x1 stride-1 ungrouped ``nn.Conv2d`` in ``model`` into an
+    :class:`OneDNNPointwiseConv2d` (``enabled=False``: back to ``nn.Conv2d``); returns how
+    many were switched. Parameters, buffers, hooks and state-dict keys are untouched; the
+    layer takes effect on channels_last float32 CPU activations (see its docstring)."""
+    count = 0
+    target = OneDNNPointwiseConv2d if enabled else nn.Conv2d
+    for m in model.modules():
+        if _is_pointwise(m) and type(m) is not target:
+            m.__class__ = target
+            count += 1
+    return count
