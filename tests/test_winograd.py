@@ -26,7 +26,7 @@ def test_winograd_conv_matches_direct_conv(m: int, bias: bool, size: tuple[int, 
     conv = nn.Conv2d(12, 7, 3, padding=1, bias=bias)
     x = torch.randn(2, 12, *size)
     ref = F.conv2d(x.double(), conv.weight.double(), None if conv.bias is None else conv.bias.double(), padding=1)
-    wino = WinogradConv2d(conv, m)
+    wino = WinogradConv2d(conv, m, min_tiles=1)
     with torch.no_grad():
         out = wino(x)
         out_cl = wino(x.to(memory_format=torch.channels_last))
@@ -43,7 +43,7 @@ def test_winograd_by_hand() -> None:
     with torch.no_grad():
         conv.weight.fill_(1.0)
         conv.bias.fill_(0.5)
-        out = WinogradConv2d(conv, 2)(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]))
+        out = WinogradConv2d(conv, 2, min_tiles=1)(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]))
     assert torch.allclose(out, torch.full((1, 1, 2, 2), 10.5), atol=1e-6)
 
 
@@ -84,7 +84,7 @@ def test_winograd_spinenet_matches_original(rewrite: bool) -> None:
     with torch.no_grad():
         ref = model(x)
     opt = optimize_for_inference(model, rewrite=rewrite)
-    n = winograd_convs_(opt, min_channels=1)
+    n = winograd_convs_(opt, min_channels=1, min_tiles=1)
     assert n > 20
     with torch.inference_mode():
         out = opt(x.to(memory_format=torch.channels_last))

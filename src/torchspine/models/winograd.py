@@ -68,22 +68,36 @@ def _combine(coeffs: list[float], terms: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def _stack_tiles(parts: list[torch.Tensor], out: bool = False):
+    """Stack same-shaped (N, C, th, tw) tensors as one (N, th, tw, len(parts), C) tensor; return
+    views of the parts (``out=False``) or the stack as an (N, len(parts) * C, th, tw)
+    channels_last tensor (``out=True``)."""
+    n, c, th, tw = parts[0].shape
+    stacked = torch.stack([p.permute(0, 2, 3, 1) for p in parts], dim=3)
+    if out:
+        return stacked.reshape(n, th, tw, len(parts) * c).permute(0, 3, 1, 2)
+    return [stacked[:, :, :, k].permute(0, 3, 1, 2) for k in range(len(parts))]
+
+
 class WinogradConv2d(nn.Module):
     """The function of a 3x3 stride-1 ``nn.Conv2d`` (padding 1) computed by ``F(m x m, 3 x 3)``.
 
-    Built from an existing conv (its weights are transformed, not shared). Any input size: the
-    input is padded up to whole tiles and the output cropped. Meant for inference
+    Built from an existing conv (kept for small inputs; its weights are transformed for the
+    products). Any input size: the input is padded up to whole tiles and the output cropped;
+    inputs of fewer than ``min_tiles`` tiles run the direct conv (a 256->256 conv at 10x10, nine
+    4x4 tiles, ran 2x slower by Winograd: fixed costs of the transforms). Meant for inference
     (``torch.no_grad``), fastest under ``torch.compile`` with channels_last inputs.
     """
 
-    def __init__(self, conv: nn.Conv2d, m: int = 4) -> None:
+    def __init__(self, conv: nn.Conv2d, m: int = 4, min_tiles: int = 16) -> None:
         super().__init__()
         if not winograd_eligible(conv):
             raise ValueError(f"WinogradConv2d: needs a 3x3 stride-1 padding-1 nn.Conv2d, got {conv}")
         if m not in _TRANSFORMS:
             raise ValueError(f"WinogradConv2d: tile size m={m}; expected one of {sorted(_TRANSFORMS)}")
         bt, g, at = _TRANSFORMS[m]
-        self.m, self.alpha = m, m + 2
+        self.m, self.alpha, self.min_tiles = m, m + 2, min_tiles
+        self.conv = conv  # the direct conv, for inputs of fewer than ``min_tiles`` tiles
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self._bt, self._at = bt, at
         w = conv.weight.detach().double()  # (Cout, Cin, 3, 3)
@@ -103,15 +117,24 @@ class WinogradConv2d(nn.Module):
         n, c, h, w = x.shape
         m, alpha = self.m, self.alpha
         th, tw = (h + m - 1) // m, (w + m - 1) // m
+        if th * tw < self.min_tiles:  # a static shape under torch.compile: decided when tracing
+            return self.conv(x)
         xp = F.pad(x, (1, tw * m + 1 - w, 1, th * m + 1 - h))
         # d[a][b]: element (a, b) of every tile, (N, C, th, tw)
         d = [[xp[:, :, a:a + m * th:m, b:b + m * tw:m] for b in range(alpha)] for a in range(alpha)]
-        rows = [[_combine(self._bt[i], [d[a][b] for a in range(alpha)]) for b in range(alpha)] for i in range(alpha)]
-        v = [_combine(self._bt[j], rows[i]) for i in range(alpha) for j in range(alpha)]
-        v = torch.stack(v, dim=1).reshape(n, alpha * alpha * c, th, tw).contiguous(memory_format=torch.channels_last)
-        prod = self.products(v).view(n, alpha, alpha, self.out_channels, th, tw)
-        mm = [[prod[:, i, j] for j in range(alpha)] for i in range(alpha)]
-        cols = [[_combine(self._at[p], [mm[i][j] for i in range(alpha)]) for j in range(alpha)] for p in range(m)]
+        # B^T d, then (B^T d) B. Each step is stacked into one (N, th, tw, alpha**2, C) tensor:
+        # Inductor stores a stack of more than 8 tensors (``max_pointwise_cat_inputs``) instead of
+        # recomputing its terms in every consumer, and channels stay the contiguous dimension.
+        rows = _stack_tiles([_combine(self._bt[i], [d[a][b] for a in range(alpha)])
+                             for i in range(alpha) for b in range(alpha)])
+        v = _stack_tiles([_combine(self._bt[j], [rows[i * alpha + b] for b in range(alpha)])
+                          for i in range(alpha) for j in range(alpha)], out=True)
+        prod = self.products(v)  # (N, alpha**2 * Cout, th, tw), channels_last
+        mm = [[prod[:, (i * alpha + j) * self.out_channels:(i * alpha + j + 1) * self.out_channels]
+               for j in range(alpha)] for i in range(alpha)]
+        cols = _stack_tiles([_combine(self._at[p], [mm[i][j] for i in range(alpha)])
+                             for p in range(m) for j in range(alpha)])
+        cols = [[cols[p * alpha + j] for j in range(alpha)] for p in range(m)]
         y = torch.stack([torch.stack([_combine(self._at[q], cols[p]) for q in range(m)], dim=-1) for p in range(m)],
                         dim=3)  # (N, Cout, th, m, tw, m)
         y = y.reshape(n, self.out_channels, th * m, tw * m)[:, :, :h, :w]
@@ -120,13 +143,13 @@ class WinogradConv2d(nn.Module):
         return y.contiguous(memory_format=torch.channels_last)
 
 
-def winograd_convs_(model: nn.Module, *, min_channels: int = 128, m: int = 2) -> int:
+def winograd_convs_(model: nn.Module, *, min_channels: int = 128, m: int = 4, min_tiles: int = 16) -> int:
     """Replace, in place, every eligible 3x3 conv (:func:`winograd_eligible`) with at least
     ``min_channels`` input and output channels by a :class:`WinogradConv2d`; returns the count.
 
     The channel floor: with fewer channels the products are too thin for the transforms to pay
-    (a 64->64 conv at 160x160 ran 1.8x slower compiled, 128->128 at 80x80 1.3x faster; see
-    docs/benchmarks.md).
+    (compiled, one thread: a 64->64 conv at 160x160 ran 1.13x slower by ``F(4x4, 3x3)``,
+    128->128 at 80x80 1.7x faster, 256->256 at 40x40 2.1x faster; see docs/benchmarks.md).
     """
     count = 0
     for parent in list(model.modules()):
@@ -135,6 +158,6 @@ def winograd_convs_(model: nn.Module, *, min_channels: int = 128, m: int = 2) ->
         for name, child in list(parent.named_children()):
             if (winograd_eligible(child) and child.in_channels >= min_channels
                     and child.out_channels >= min_channels):
-                setattr(parent, name, WinogradConv2d(child, m))
+                setattr(parent, name, WinogradConv2d(child, m, min_tiles))
                 count += 1
     return count
