@@ -65,9 +65,13 @@ def test_winograd_convs_count_spinenet49() -> None:
     filters = {2: 64, 3: 128, 4: 256, 5: 256, 6: 256, 7: 256}
     expected = sum((1 if kind == "b" else 2) for level, kind in specs if filters[level] >= 128)
     assert expected == 18
-    model = optimize_for_inference(torchspine.create_model("spinenet49").eval())
+    plain = torchspine.create_model("spinenet49").eval()
+    model = optimize_for_inference(plain)
     assert winograd_convs_(model) == expected
     assert sum(isinstance(m, WinogradConv2d) for m in model.modules()) == expected
+    assert winograd_convs_(model) == 0  # already replaced: nothing left
+    opt = optimize_for_inference(plain, rewrite=True, winograd=True)
+    assert sum(isinstance(m, WinogradConv2d) for m in opt.modules()) == expected
 
 
 @pytest.mark.parametrize("rewrite", [False, True])
