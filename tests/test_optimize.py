@@ -223,26 +223,6 @@ def test_rewrite_matches_original(padding: str, size: tuple[int, int]) -> None:
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def test_rewrite_merges_projection_shortcuts() -> None:
-    """At half width the first stem block (64 stem channels -> 32 * 4 = 128) has a stride-1
-    projection shortcut (official block_group: a projection when the channels change); after the
-    rewrite its last 1x1 conv and the shortcut are one conv, the same function."""
-    from torchspine.models.optimize import MergedShortcutBottleneck
-
-    torch.manual_seed(0)
-    model = torchspine.create_model("spinenet49", filter_size_scale=0.5, endpoints_num_filters=32).eval()
-    _randomize_bn_(model)
-    x = torch.randn(1, 3, 96, 128)
-    with torch.no_grad():
-        ref = model(x)
-    opt = optimize_for_inference(model, rewrite=True)
-    merged = [m for m in opt.modules() if isinstance(m, MergedShortcutBottleneck)]
-    assert len(merged) == 1 and merged[0].merged.in_channels == 32 + 64 and merged[0].merged.out_channels == 128
-    with torch.inference_mode():
-        out = opt(x.to(memory_format=torch.channels_last))
-    assert _max_rel_err(out, ref) < 1e-4  # ~1e-6 observed
-
-
 def test_rewrite_inside_a_detector() -> None:
     """A RetinaNet's SpineNet is rewritten in place; dense outputs match the plain model."""
     from torchspine.models.optimize import SpineNetForInference

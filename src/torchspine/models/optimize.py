@@ -33,8 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["CastInput", "FrozenCompiled", "MergedShortcutBottleneck", "SpineNetForInference", "merge_shortcuts_",
-           "rewrite_spinenets_", "fold_batch_norms_", "optimize_for_inference", "prepare_for_inference"]
+__all__ = ["CastInput", "FrozenCompiled", "SpineNetForInference", "rewrite_spinenets_", "fold_batch_norms_", "optimize_for_inference", "prepare_for_inference"]
 
 log = logging.getLogger(__name__)
 
@@ -321,60 +320,17 @@ class SpineNetForInference(nn.Module):
         return out
 
 
-class MergedShortcutBottleneck(nn.Module):
-    """A :class:`~torchspine.layers.blocks.BottleneckBlock` with a stride-1 1x1 projection
-    shortcut, for inference: ``conv3(h) + shortcut(x)`` (two linear 1x1 convs after BN
-    folding) is one 1x1 conv on the channel concatenation ``[h, x]`` with weights
-    ``[W_3 | W_s]`` and bias ``b_3 + b_s``, so the block's output is written once instead of
-    written, re-read and added. Same function up to float rounding. Built by
-    :func:`merge_shortcuts_`; shares ``conv1`` / ``conv2`` / ``act`` with the block."""
-
-    def __init__(self, block: nn.Module) -> None:
-        super().__init__()
-        self.conv1, self.conv2, self.act = block.conv1, block.conv2, block.act
-        self.out_channels = block.out_channels
-        self.merged = _concat_inputs_conv([block.conv3[0], block.shortcut[0]])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv2(self.conv1(x))
-        return self.act(self.merged(torch.cat([h, x], dim=1)))
-
-
-def merge_shortcuts_(model: nn.Module) -> int:
-    """Replace, in place, every eval-mode, BN-folded bottleneck block with a stride-1 1x1
-    projection shortcut (and no drop path) by a :class:`MergedShortcutBottleneck`; returns the
-    count (SpineNet-49: the first stem block, 64 -> 256 channels at L2)."""
-    from torchspine.layers.blocks import BottleneckBlock
-
-    def eligible(b: nn.Module) -> bool:
-        return (type(b) is BottleneckBlock and b.shortcut is not None and isinstance(b.drop_path, nn.Identity)
-                and _plain_projection(b.shortcut) and _plain_projection(b.conv3))
-
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if eligible(child):
-                setattr(parent, name, MergedShortcutBottleneck(child))
-                count += 1
-    return count
-
-
-def rewrite_spinenets_(model: nn.Module, *, merge_shortcuts: bool = True, **options: Any) -> nn.Module | int:
+def rewrite_spinenets_(model: nn.Module, **options: Any) -> nn.Module | int:
     """Replace every (BN-folded, eval-mode) SpineNet inside ``model`` by a
-    :class:`SpineNetForInference` (``options`` go to it), then, with ``merge_shortcuts``, every
-    bottleneck block with a stride-1 projection shortcut by a :class:`MergedShortcutBottleneck`;
-    a bare SpineNet is returned rewritten. Returns the model."""
+    :class:`SpineNetForInference`; a bare SpineNet is returned rewritten. Returns the model."""
     from torchspine.models.backbone import SpineNet
 
     if isinstance(model, SpineNet):
-        model = SpineNetForInference(model, **options)
-    else:
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, SpineNet):
-                    setattr(parent, name, SpineNetForInference(child, **options))
-    if merge_shortcuts:
-        log.info("%d bottleneck blocks with one conv for the last 1x1 and the shortcut", merge_shortcuts_(model))
+        return SpineNetForInference(model, **options)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SpineNet):
+                setattr(parent, name, SpineNetForInference(child, **options))
     return model
 
 
@@ -432,8 +388,7 @@ def optimize_for_inference(
             (:class:`FrozenCompiled`: pre-packed oneDNN weights, fused conv + act / add).
         rewrite: replace SpineNets by :class:`SpineNetForInference` (one conv for the reduce
             convs sharing a parent, projection before nearest upsampling, one conv for the
-            projections summed into a block's input) and merge projection shortcuts into the
-            bottleneck's last conv (:class:`MergedShortcutBottleneck`); same function.
+            projections summed into a block's input); same function.
         winograd: compute the 3x3 stride-1 convs with at least 128 channels by Winograd's
             ``F(4x4, 3x3)`` (:func:`~torchspine.models.winograd.winograd_convs_`): 4x fewer
             multiply-adds in the products, same function up to float32 rounding (~1e-5
