@@ -166,7 +166,7 @@ class SpineNetForInference(nn.Module):
     """A SpineNet rewritten for inference, computing the same function (up to float rounding).
 
     Built by :func:`optimize_for_inference` (``rewrite=True``) from an eval-mode SpineNet whose
-    BNs are folded; it shares the original's modules (stem, blocks, endpoints). Two rewrites:
+    BNs are folded; it shares the original's modules (stem, blocks, endpoints). Three rewrites:
 
     * **one conv for the reduce convs that read the same parent.** Every resampling of a parent
       starts with a 1x1 conv + act (paper section 3.2, the ``alpha`` reduction); a parent read
@@ -177,6 +177,12 @@ class SpineNetForInference(nn.Module):
       the parent's resolution costs ``4**k`` times fewer multiply-adds for an upsampling by
       ``2**k``. The upsampled projection is added into the merge sum through a broadcasting
       view, never materialised (the resize fallback covers sizes that do not divide).
+    * **one conv for the projections summed into a block's input.** Projections are linear 1x1
+      convs (BN folded, no activation), so ``P_a(x_a) + P_b(x_b)`` is one 1x1 conv on the
+      channel concatenation ``[x_a, x_b]`` with weights ``[W_a | W_b]`` and bias ``b_a + b_b``:
+      the block's input is written once instead of written, re-read and added. Applies to the
+      parents that reach the block's resolution before their projection (in SpineNet-49, 10 of
+      15 blocks; a projection still to be upsampled is added as above).
 
     The merge sum then starts from a parent that is not upsampled (when there is one), so the
     additions happen in a different order than in :class:`~torchspine.models.backbone.SpineNet`:
