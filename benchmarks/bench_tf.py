@@ -14,7 +14,8 @@ the default: on a shared machine the wall clock measures the neighbours). Also m
 same run: the conv throughput of the machine (a 3x3 256->256 conv at 80x80, channels_last, fp32)
 and SpineNet's achieved multiply-adds per second as a fraction of it.
 
-    python benchmarks/bench_tf.py [--threads 1] [--runs 3] [--reps 5] [--settings compile_rewrite compile_rewrite_winograd]
+    python benchmarks/bench_tf.py [--threads 1] [--runs 3] [--reps 5]
+        [--settings compile_rewrite compile_rewrite_winograd]
 """
 
 from __future__ import annotations
