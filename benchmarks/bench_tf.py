@@ -12,7 +12,8 @@ Two clocks: wall time, and the process's CPU time per forward (``time.process_ti
 load from other processes disturbs much less when both sides run with one thread (``--threads 1``,
 the default: on a shared machine the wall clock measures the neighbours). Also measured in the
 same run: the conv throughput of the machine (a 3x3 256->256 conv at 80x80, channels_last, fp32)
-and SpineNet's achieved multiply-adds per second as a fraction of it.
+and SpineNet's achieved multiply-adds per second as a fraction of it (SpineNet-49's nominal
+28.26 GMACs per forward: for the Winograd settings, which do fewer, an effective rate).
 
     python benchmarks/bench_tf.py [--threads 1] [--runs 3] [--reps 5]
         [--settings compile_rewrite compile_rewrite_winograd]
