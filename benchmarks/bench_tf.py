@@ -12,9 +12,11 @@ Two clocks: wall time, and the process's CPU time per forward (``time.process_ti
 load from other processes disturbs much less when both sides run with one thread (``--threads 1``,
 the default: on a shared machine the wall clock measures the neighbours). Also measured in the
 same run: the conv throughput of the machine (a 3x3 256->256 conv at 80x80, channels_last, fp32)
-and SpineNet's achieved multiply-adds per second as a fraction of it.
+and SpineNet's achieved multiply-adds per second as a fraction of it (SpineNet-49's nominal
+28.26 GMACs per forward: for the Winograd settings, which do fewer, an effective rate).
 
-    python benchmarks/bench_tf.py [--threads 1] [--runs 3] [--reps 5] [--settings compile compile_rewrite]
+    python benchmarks/bench_tf.py [--threads 1] [--runs 3] [--reps 5]
+        [--settings compile_rewrite compile_rewrite_winograd]
 """
 
 from __future__ import annotations
@@ -124,7 +126,9 @@ def build_torch(setting: str):
     torch.manual_seed(0)
     model = torchspine.create_model("spinenet49").eval()
     opts = {"eager": {}, "eager_rewrite": {"rewrite": True}, "compile": {"compile": True},
-            "compile_rewrite": {"compile": True, "rewrite": True}}[setting]
+            "compile_rewrite": {"compile": True, "rewrite": True},
+            "compile_rewrite_winograd": {"compile": True, "rewrite": True, "winograd": True},
+            "compile_winograd": {"compile": True, "winograd": True}}[setting]
     return optimize_for_inference(model, **opts)
 
 
@@ -134,8 +138,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--settings", nargs="+", default=["compile", "compile_rewrite"],
-                    choices=["eager", "eager_rewrite", "compile", "compile_rewrite"])
+    ap.add_argument("--settings", nargs="+", default=["compile_rewrite", "compile_rewrite_winograd"],
+                    choices=["eager", "eager_rewrite", "compile", "compile_rewrite", "compile_winograd",
+                             "compile_rewrite_winograd"])
     ap.add_argument("--tf-python", default=os.environ.get("TORCHSPINE_TF_PYTHON", str(ROOT / ".venv-tf/bin/python")))
     ap.add_argument("--json", dest="json_out", default=None)
     ap.add_argument("--tf-worker", action="store_true", help=argparse.SUPPRESS)

@@ -186,7 +186,8 @@ def test_bf16_detector_features_close_to_fp32() -> None:
 @pytest.mark.parametrize("padding,size", [("symmetric", (97, 130)), ("same", (128, 128)), ("symmetric", (256, 192))])
 def test_rewrite_matches_original(padding: str, size: tuple[int, int]) -> None:
     """optimize_for_inference(rewrite=True): fused reduce convs + projection before nearest
-    upsampling compute the plain model's function (odd sizes use the resize fallback)."""
+    upsampling + merged projections compute the plain model's function (odd sizes use the
+    resize fallback)."""
     from torchspine.models.optimize import SpineNetForInference
 
     torch.manual_seed(0)
@@ -201,12 +202,22 @@ def test_rewrite_matches_original(padding: str, size: tuple[int, int]) -> None:
     assert isinstance(opt, SpineNetForInference)
     # SpineNet-49: 12 stem/block outputs are read by two or more resamplings (spec connections).
     assert len(opt.fused) == 12
+    # 10 blocks whose two parents are both at the block's level or finer (official block specs,
+    # tensorflow/tpu models/official/detection/modeling/architecture/spinenet.py): parents
+    # (0, 1) -> L2 and L4, (2, 4) -> L4, (3, 5) -> L6 and L4, (6, 8) -> L7, (8, 10) -> L5,
+    # (7, 12) -> L5, (5, 14) -> L7, (12, 14) -> L6. Their projections become one conv.
+    assert len(opt.merged) == 10
     with torch.inference_mode():
         out = opt(x.to(memory_format=torch.channels_last))
-        only_fuse = SpineNetForInference(optimize_for_inference(model), project_first=False)(x)
-        only_project = SpineNetForInference(optimize_for_inference(model), fuse_reduce=False)(x)
+        only_fuse = SpineNetForInference(optimize_for_inference(model), project_first=False,
+                                         merge_projections=False)(x)
+        only_project = SpineNetForInference(optimize_for_inference(model), fuse_reduce=False,
+                                            merge_projections=False)(x)
+        merge_all = SpineNetForInference(optimize_for_inference(model), project_first=False)
+        assert len(merge_all.merged) == 15  # every block: no projection is left before an upsampling
+        only_merge = merge_all(x)
     # Same float32 function: BN folding and the reordered sums change rounding only (~1e-6 observed).
-    for o in (out, only_fuse, only_project):
+    for o in (out, only_fuse, only_project, only_merge):
         assert list(o) == list(ref) and _max_rel_err(o, ref) < 1e-4
     # The plain model and its state dict are untouched.
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

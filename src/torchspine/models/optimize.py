@@ -141,11 +141,32 @@ def _upsample_add_(base: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return base.add_(resize_nearest(y, (hh, ww)))
 
 
+def _plain_projection(project: nn.Module) -> bool:
+    """A resampling's projection that is one plain 1x1 conv with a bias (its BN folded, no act)."""
+    mods = list(project.children()) if isinstance(project, nn.Sequential) else [project]
+    return bool(mods) and _plain_1x1(mods[0]) and all(isinstance(m, nn.Identity) for m in mods[1:])
+
+
+def _concat_inputs_conv(convs: list[nn.Conv2d]) -> nn.Conv2d:
+    """The 1x1 conv with ``conv(cat(x_1..x_n)) = sum_i convs[i](x_i)``: weights concatenated
+    along the input channels, biases summed."""
+    first = convs[0]
+    merged = nn.Conv2d(sum(c.in_channels for c in convs), first.out_channels, 1).eval()
+    merged.requires_grad_(False)
+    with torch.no_grad():
+        merged.weight.copy_(torch.cat([c.weight for c in convs], dim=1))
+        merged.bias.copy_(torch.stack([c.bias for c in convs]).sum(0))
+    merged.to(device=first.weight.device, dtype=first.weight.dtype)
+    if first.weight.is_contiguous(memory_format=torch.channels_last):
+        merged.to(memory_format=torch.channels_last)
+    return merged
+
+
 class SpineNetForInference(nn.Module):
     """A SpineNet rewritten for inference, computing the same function (up to float rounding).
 
     Built by :func:`optimize_for_inference` (``rewrite=True``) from an eval-mode SpineNet whose
-    BNs are folded; it shares the original's modules (stem, blocks, endpoints). Two rewrites:
+    BNs are folded; it shares the original's modules (stem, blocks, endpoints). Three rewrites:
 
     * **one conv for the reduce convs that read the same parent.** Every resampling of a parent
       starts with a 1x1 conv + act (paper section 3.2, the ``alpha`` reduction); a parent read
@@ -156,6 +177,12 @@ class SpineNetForInference(nn.Module):
       the parent's resolution costs ``4**k`` times fewer multiply-adds for an upsampling by
       ``2**k``. The upsampled projection is added into the merge sum through a broadcasting
       view, never materialised (the resize fallback covers sizes that do not divide).
+    * **one conv for the projections summed into a block's input.** Projections are linear 1x1
+      convs (BN folded, no activation), so ``P_a(x_a) + P_b(x_b)`` is one 1x1 conv on the
+      channel concatenation ``[x_a, x_b]`` with weights ``[W_a | W_b]`` and bias ``b_a + b_b``:
+      the block's input is written once instead of written, re-read and added. Applies to the
+      parents that reach the block's resolution before their projection (in SpineNet-49, 10 of
+      15 blocks; a projection still to be upsampled is added as above).
 
     The merge sum then starts from a parent that is not upsampled (when there is one), so the
     additions happen in a different order than in :class:`~torchspine.models.backbone.SpineNet`:
@@ -164,7 +191,8 @@ class SpineNetForInference(nn.Module):
 
     size_divisibility = 1
 
-    def __init__(self, net: nn.Module, *, fuse_reduce: bool = True, project_first: bool = True) -> None:
+    def __init__(self, net: nn.Module, *, fuse_reduce: bool = True, project_first: bool = True,
+                 merge_projections: bool = True) -> None:
         from torchspine.layers.resample import ResampleWithAlpha
 
         super().__init__()
@@ -201,8 +229,25 @@ class SpineNetForInference(nn.Module):
                 self.fused[str(j)] = fused
                 self._fused_plan[j] = tuple((i, k, c.out_channels) for (i, k), c in zip(uses, convs))
                 self._fused_act[j] = reduces[0][2] if len(reduces[0]) > 2 else nn.Identity()
-        log.info("SpineNetForInference: %d parents with one fused reduce conv (%d convs), project_first=%s",
-                 len(self.fused), sum(len(v) for v in self._fused_plan.values()), project_first)
+        # merged[i]: one 1x1 conv on the channel concatenation of block i's resampled parents that
+        # reach its resolution before their projection (all but the projected-then-upsampled ones)
+        self.merged = nn.ModuleDict()
+        self._merged_slots: dict[int, tuple[int, ...]] = {}
+        if merge_projections:
+            for i, block in enumerate(net.blocks):
+                slots = tuple(k for k, r in enumerate(block.resample)
+                              if isinstance(r, ResampleWithAlpha) and _plain_projection(r.project)
+                              and not (project_first and r.in_level > r.target_level))
+                if len(slots) < 2:
+                    continue
+                convs = [block.resample[k].project[0] for k in slots]
+                if len({c.out_channels for c in convs}) != 1:
+                    continue
+                self.merged[str(i)] = _concat_inputs_conv(convs)
+                self._merged_slots[i] = slots
+        log.info("SpineNetForInference: %d parents with one fused reduce conv (%d convs), project_first=%s, "
+                 "%d blocks with one merged projection conv", len(self.fused),
+                 sum(len(v) for v in self._fused_plan.values()), project_first, len(self.merged))
 
     def _produce(self, j: int, feat: torch.Tensor, reduced: dict[tuple[int, int], torch.Tensor]) -> None:
         plan = self._fused_plan.get(j)
@@ -212,9 +257,11 @@ class SpineNetForInference(nn.Module):
         for (i, k, _), part in zip(plan, y.split([c for _, _, c in plan], dim=1)):
             reduced[(i, k)] = part
 
-    def _resample(self, r: nn.Module, x: torch.Tensor, size: tuple[int, int], pre_reduced: bool):
+    def _resample(self, r: nn.Module, x: torch.Tensor, size: tuple[int, int], pre_reduced: bool,
+                  project: bool = True):
         """(tensor, upsample_pending): the resampled parent, or its projection still at the
-        parent's resolution when it is to be upsampled into the sum."""
+        parent's resolution when it is to be upsampled into the sum. ``project=False``: the
+        resampled parent before its projection (for a merged projection conv)."""
         from torchspine.layers.resample import ResampleWithAlpha, resize_nearest
 
         if not isinstance(r, ResampleWithAlpha):
@@ -227,7 +274,7 @@ class SpineNetForInference(nn.Module):
             return r.project(x), True
         if x.shape[-2:] != size:
             x = resize_nearest(x, size)
-        return r.project(x), False
+        return (r.project(x) if project else x), False
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         from torchspine.layers.resample import level_size, resize_nearest
@@ -242,9 +289,15 @@ class SpineNetForInference(nn.Module):
         for i, block in enumerate(self.blocks):
             size = level_size(height, width, block.level)
             parts = []
+            merged_slots = self._merged_slots.get(i, ())
+            to_merge = []
             for k, (p, r) in enumerate(zip(block.parents, block.resample)):
                 pre = reduced.pop((i, k), None)
-                parts.append(self._resample(r, feats[p] if pre is None else pre, size, pre is not None))
+                y = self._resample(r, feats[p] if pre is None else pre, size, pre is not None,
+                                   project=k not in merged_slots)
+                (to_merge if k in merged_slots else parts).append(y)
+            if to_merge:  # sum of the projections = one conv on the concatenated inputs
+                parts.insert(0, (self.merged[str(i)](torch.cat([y for y, _ in to_merge], dim=1)), False))
             parts.sort(key=lambda t: t[1])  # start the sum from a full-size tensor
             base, pending = parts[0]
             if pending:  # every parent is upsampled: materialise the first
@@ -322,6 +375,7 @@ def optimize_for_inference(
     compile_options: dict[str, Any] | None = None,
     freeze: bool = True,
     rewrite: bool = False,
+    winograd: bool = False,
 ) -> nn.Module:
     """An equivalent eval-mode copy of ``model`` prepared for fast inference.
 
@@ -339,11 +393,20 @@ def optimize_for_inference(
         freeze: with ``compile``, compile and run with Inductor freezing
             (:class:`FrozenCompiled`: pre-packed oneDNN weights, fused conv + act / add).
         rewrite: replace SpineNets by :class:`SpineNetForInference` (one conv for the reduce
-            convs sharing a parent, projection before nearest upsampling); same function.
+            convs sharing a parent, projection before nearest upsampling, one conv for the
+            projections summed into a block's input); same function.
+        winograd: compute the 3x3 stride-1 convs with at least 128 channels by Winograd's
+            ``F(4x4, 3x3)`` (:func:`~torchspine.models.winograd.winograd_convs_`): 4x fewer
+            multiply-adds in the products, same function up to float32 rounding (~1e-5
+            relative per conv). Pays on the CPU under ``compile`` (the transforms become fused
+            loops); slower in eager mode. Inputs under 16 tiles (e.g. 10x10) keep the direct conv.
 
     Returns:
         A new module in eval mode with ``requires_grad`` off on every parameter.
     """
+    if winograd and dtype not in (None, torch.float32, torch.float64):
+        raise ValueError(f"optimize_for_inference: winograd=True needs float32 weights, got dtype={dtype} "
+                         "(Winograd in bfloat16 loses ~14% accuracy)")
     out = copy.deepcopy(model).eval()
     for p in out.parameters():
         p.requires_grad_(False)
@@ -356,6 +419,10 @@ def optimize_for_inference(
         out = out.to(memory_format=torch.channels_last)
     if rewrite:
         out = rewrite_spinenets_(out)
+    if winograd:
+        from torchspine.models.winograd import winograd_convs_
+
+        log.info("Winograd F(4x4, 3x3) for %d convs", winograd_convs_(out))
     if compile:
         opts: dict[str, Any] = {"dynamic": False}
         opts.update(compile_options or {})
