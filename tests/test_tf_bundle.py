@@ -102,6 +102,17 @@ def test_damaged_files_are_named(bundles: Path, tmp_path: Path) -> None:
         TensorBundle(tmp_path / "ckpt-1")
 
 
+
+@pytest.mark.tf
+def test_a_missing_shard_is_named(bundles: Path, tmp_path: Path) -> None:
+    # TF split this checkpoint into 3 data files; a download that lost the middle one must say
+    # which file is missing (not fail on an index offset or return a partial state).
+    for f in (bundles / "tf2").glob("ckpt-1.*"):
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "ckpt-1.data-00001-of-00003").unlink()
+    with pytest.raises(FileNotFoundError, match=r"ckpt-1\.data-00001-of-00003 is missing \(the index lists 3\)"):
+        read_checkpoint(tmp_path / "ckpt-1")
+
 # ----------------------------------------------------------------- without TensorFlow
 def test_crc32c_known_values() -> None:
     # The CRC-32C check value of RFC 3720 (iSCSI) appendix B.4: "123456789" -> 0xE3069283,
