@@ -14,21 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from torchspine.cli import main
 from torchspine.data.checks import check_coco
 from torchspine.data.coco import CocoDetection, load_coco
 from torchspine.engine.evaluate import coco_metrics
-
-
-def run_cli(argv, capsys) -> tuple[int, str]:
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    text = out + err
-    assert "Traceback" not in text, text
-    return rc, text
+from cli_helpers import run_cli
 
 
 def _good() -> dict:

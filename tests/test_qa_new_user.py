@@ -14,23 +14,13 @@ import torch
 from PIL import Image
 
 import torchspine
-from torchspine.cli import describe_error, main
+from torchspine.cli import describe_error
 from torchspine.data.importers import import_csv, import_yolo
 from torchspine.weights import hub
 from torchspine.weights.catalogue import PretrainedWeights
+from cli_helpers import run_cli
 
 TINY = {"filter_size_scale": 0.25, "endpoints_num_filters": 16, "head_num_filters": 16}
-
-
-def run_cli(argv, capsys) -> tuple[int, str]:
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    text = out + err
-    assert "Traceback" not in text, text
-    return rc, text
 
 
 @pytest.fixture(scope="module")
