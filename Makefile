@@ -31,7 +31,7 @@ test-all: $(STAMP)
 # TF venv (TORCHSPINE_TF_PYTHON); goals 2-3 accuracy rows need the demo's model (make demo).
 bench: $(STAMP)
 	$(PY) benchmarks/bench_tf.py --threads 1
-	$(PY) benchmarks/bench_tf.py --threads 2 --runs 3 --reps 7  # the issue's clock: wall time, needs a quiet machine
+	$(PY) benchmarks/bench_tf.py --threads 2 --runs 3 --reps 7  # the goal's clock: two threads, wall time; needs a quiet machine
 	$(PY) benchmarks/bench_deploy.py --threads 1
 	$(PY) benchmarks/bench_onnx_sizes.py
 	$(PY) benchmarks/bench_training.py --matrix --threads 1 --size 512 --batch 2 --steps 2 --repeats 2

@@ -204,7 +204,7 @@ def main() -> int:
     print(f"\nSpineNet-49 backbone, {args.size}x{args.size}, batch 1, fp32, {args.threads} thread(s): "
           f"median over {args.runs} runs (range); goal: torchspine / TF <= 0.80, >= 75% of conv peak")
     # Two ratios: process CPU time (robust to neighbours with one thread per side) and wall time
-    # (the latency a user sees; meaningful on a quiet machine, and the clock with 2 threads).
+    # (the latency a user sees; meaningful on a quiet machine; the speed goal's clock with 2 threads).
     print("| model | CPU ms | wall ms | / TF (CPU, per run) | / TF (wall, per run) | GMAC/s (CPU) | of conv peak |\n"
           "|---|---|---|---|---|---|---|")
     peak = statistics.median(peaks)
