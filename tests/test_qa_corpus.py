@@ -17,7 +17,7 @@ from PIL import Image
 from torchspine.data.checks import check_coco
 from torchspine.data.coco import CocoDetection, load_coco
 from torchspine.engine.evaluate import coco_metrics
-from cli_helpers import run_cli
+from helpers import run_cli
 
 
 def _good() -> dict:

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from torchspine.cli import describe_error
 from torchspine.data.importers import import_csv, import_yolo
 from torchspine.weights import hub
 from torchspine.weights.catalogue import PretrainedWeights
-from cli_helpers import run_cli
+from helpers import run_cli, tarball
 
 TINY = {"filter_size_scale": 0.25, "endpoints_num_filters": 16, "head_num_filters": 16}
 
@@ -199,23 +197,13 @@ def _fake_convert(entry, checkpoint, out):
                                  info={"weights": entry.name})
 
 
-def _tar(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as t:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def test_damaged_cached_model_is_converted_again(tmp_path, monkeypatch):
     # Before: `weights get` printed the damaged file as ready (exit 0) and every load failed.
     monkeypatch.setenv("TORCHSPINE_HOME", str(tmp_path))
     monkeypatch.setenv("TORCHSPINE_OFFLINE", "1")
     entry = _entry("http://127.0.0.1:9/w/qa.tar.gz")
     hub.archive_path(entry).parent.mkdir(parents=True)
-    hub.archive_path(entry).write_bytes(_tar({"c/model.ckpt-1.index": b"1"}))
+    hub.archive_path(entry).write_bytes(tarball({"c/model.ckpt-1.index": b"1"}))
     path = hub.model_path(entry)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\x07" * 100)  # damaged (a killed copy, a bad disk)
@@ -231,7 +219,7 @@ def test_a_bad_tarball_leaves_no_digest_that_would_refuse_the_good_one(tmp_path,
     entry = _entry("http://127.0.0.1:9/w/qa.tar.gz")
     archive = hub.archive_path(entry)
     archive.parent.mkdir(parents=True)
-    archive.write_bytes(_tar({"../escape.index": b"1"}))
+    archive.write_bytes(tarball({"../escape.index": b"1"}))
     with pytest.raises(ValueError, match="refusing member '../escape.index'"):
         hub.fetch(entry, convert=_fake_convert)
     assert hub._recorded(entry.archive) == {}
@@ -239,7 +227,7 @@ def test_a_bad_tarball_leaves_no_digest_that_would_refuse_the_good_one(tmp_path,
     with pytest.raises(ValueError, match="not a tar archive"):
         hub.fetch(entry, convert=_fake_convert)
     assert hub._recorded(entry.archive) == {}
-    good = _tar({"c/model.ckpt-1.index": b"1"})
+    good = tarball({"c/model.ckpt-1.index": b"1"})
     archive.write_bytes(good)
     hub.fetch(entry, convert=_fake_convert)
     import hashlib

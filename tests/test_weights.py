@@ -26,6 +26,7 @@ import torch
 import torchspine
 from torchspine.cli import main as cli_main
 from torchspine.weights import CATALOGUE, PretrainedWeights, hub
+from helpers import tarball
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,16 +99,6 @@ def cache(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("TORCHSPINE_HOME", str(home))
     monkeypatch.delenv("TORCHSPINE_OFFLINE", raising=False)
     return home
-
-
-def _tarball(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- catalogue
@@ -270,7 +261,7 @@ def test_unsafe_tar_members_are_refused(tmp_path: Path, kind: str, why: str) -> 
 
 def test_truncated_tarball_gives_a_clear_error(tmp_path: Path) -> None:
     archive = tmp_path / "cut.tar.gz"
-    archive.write_bytes(_tarball({"a/model.ckpt-5.index": os.urandom(5000)})[:300])
+    archive.write_bytes(tarball({"a/model.ckpt-5.index": os.urandom(5000)})[:300])
     with pytest.raises(ValueError, match="cut.tar.gz: cannot unpack .* truncated"):
         hub.extract_tar(archive, tmp_path / "out")
 
@@ -303,7 +294,7 @@ def _fake_convert(entry: PretrainedWeights, checkpoint: str, out: str) -> Path:
 
 
 def test_fetch_converts_once_then_works_offline(server: _Server, cache: Path, monkeypatch) -> None:
-    server.files["/w/spinenet-test.tar.gz"] = _tarball({"ckpt/model.ckpt-7.index": b"11",
+    server.files["/w/spinenet-test.tar.gz"] = tarball({"ckpt/model.ckpt-7.index": b"11",
                                                          "ckpt/model.ckpt-7.data-00000-of-00001": b""})
     entry = _entry(server.url("/w/spinenet-test.tar.gz"))
     path = hub.fetch(entry, convert=_fake_convert, progress=False)
@@ -341,12 +332,12 @@ def test_unreachable_server_names_the_url_and_the_manual_route(server: _Server, 
 
 
 def test_recorded_digest_catches_a_changed_file(server: _Server, cache: Path) -> None:
-    good = _tarball({"c/model.ckpt-1.index": b"3"})
+    good = tarball({"c/model.ckpt-1.index": b"3"})
     server.files["/w/x.tar.gz"] = good
     entry = _entry(server.url("/w/x.tar.gz"))
     hub.fetch(entry, convert=_fake_convert, progress=False)
     hub.remove(entry)
-    server.files["/w/x.tar.gz"] = _tarball({"c/model.ckpt-1.index": b"4"})  # changed upstream
+    server.files["/w/x.tar.gz"] = tarball({"c/model.ckpt-1.index": b"4"})  # changed upstream
     with pytest.raises(ValueError, match="w-x.tar.gz: .*does not match the expected " + hashlib.sha256(good).hexdigest()):
         hub.fetch(entry, convert=_fake_convert, progress=False)
 
@@ -568,7 +559,7 @@ def test_predict_with_catalogue_weights_from_the_cache(tmp_path: Path, cache: Pa
 
 
 def test_a_checkpoint_that_does_not_convert_names_the_entry_and_keeps_the_file(server: _Server, cache: Path) -> None:
-    server.files["/w/bad.tar.gz"] = _tarball({"ckpt/model.ckpt-1.index": b"1"})
+    server.files["/w/bad.tar.gz"] = tarball({"ckpt/model.ckpt-1.index": b"1"})
     entry = _entry(server.url("/w/bad.tar.gz"))
 
     def refuse(entry, checkpoint, out):
